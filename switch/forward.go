@@ -1,0 +1,226 @@
+package vswitch
+
+import (
+	"errors"
+	"time"
+)
+
+// readLoop reads batches from one queue of a port and forwards them until
+// the port is closed.
+func (s *Switch) readLoop(ps *portState, q int) {
+	defer ps.wg.Done()
+	frames := make([]*Frame, s.opts.BatchSize)
+	var backoff time.Duration
+	for {
+		n, err := ps.port.ReadBatch(q, frames)
+		if n > 0 {
+			s.Forward(ps.id, frames[:n])
+			clear(frames[:n])
+		}
+		if err == nil {
+			backoff = 0
+			continue
+		}
+		if errors.Is(err, ErrClosed) || ps.removed.Load() {
+			return
+		}
+		// Never retry in a tight loop: back off, doubling to a second.
+		ps.c.readErrors.Add(1)
+		backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+		if backoff == time.Second {
+			s.log.Warn("port read failing", "port", ps.name, "queue", q, "err", err)
+		}
+		select {
+		case <-ps.done:
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// writeLoop takes frames from the port's egress queue and writes them in
+// batches until the port is removed; it then releases what is left.
+func (s *Switch) writeLoop(ps *portState) {
+	defer ps.wg.Done()
+	batch := make([]*Frame, 0, s.opts.BatchSize)
+	for {
+		select {
+		case f := <-ps.queue:
+			batch = append(batch, f)
+		case <-ps.done:
+			for {
+				select {
+				case f := <-ps.queue:
+					f.Release()
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case f := <-ps.queue:
+				batch = append(batch, f)
+			default:
+				break fill
+			}
+		}
+		s.write(ps, batch)
+		for i, f := range batch {
+			f.Release()
+			batch[i] = nil
+		}
+		batch = batch[:0]
+	}
+}
+
+// write hands batch to the port. A failed frame is dropped and counted; the
+// write goes on with the frames after it. The frames stay the caller's.
+func (s *Switch) write(ps *portState, batch []*Frame) {
+	for len(batch) > 0 {
+		n, err := ps.port.WriteBatch(batch)
+		for _, f := range batch[:n] {
+			ps.c.txBytes.Add(uint64(f.Len()))
+		}
+		ps.c.txFrames.Add(uint64(n))
+		if err == nil || n >= len(batch) {
+			return
+		}
+		ps.c.drops[DropWriteError].Add(1)
+		if errors.Is(err, ErrClosed) {
+			ps.c.drops[DropWriteError].Add(uint64(len(batch) - n - 1))
+			return
+		}
+		batch = batch[n+1:]
+	}
+}
+
+// Forward switches frames that arrived on port in, as a port's reader does.
+// It takes ownership of every frame: each one is queued on its destination
+// ports or released. Frames from a port that is not attached are released.
+func (s *Switch) Forward(in PortID, frames []*Frame) {
+	t := s.ports.Load()
+	ps, ok := t.byID[in]
+	if !ok {
+		for _, f := range frames {
+			f.Release()
+		}
+		return
+	}
+	// A coarse clock: FDB refreshes write their entry at most once a second.
+	now := s.opts.Now().Truncate(time.Second).UnixNano()
+	var bytes uint64
+	for _, f := range frames {
+		bytes += uint64(f.Len())
+		s.forward(t, ps, f, now)
+	}
+	ps.c.rxFrames.Add(uint64(len(frames)))
+	ps.c.rxBytes.Add(bytes)
+}
+
+// forward decides where one frame goes and sends it there.
+func (s *Switch) forward(t *portTable, in *portState, f *Frame, now int64) {
+	b := f.Bytes()
+	if len(b) < EtherHdrLen {
+		s.drop(in, f, DropRunt)
+		return
+	}
+	if f.Offload.GSOType == GSONone && len(b) > in.caps.MaxFrame {
+		s.drop(in, f, DropTooBig)
+		return
+	}
+	e := Ether(b)
+	src := e.Src()
+	if src.Multicast() || src.Zero() {
+		s.drop(in, f, DropBadSrc)
+		return
+	}
+	if s.fdb.Learn(src, in.id, now) != nil {
+		in.c.learnRefused.Add(1)
+	}
+	if e.Type() == EtherTypeARP {
+		if bd, ok := s.binds.arpReplyTo(e, in.id); ok {
+			s.replyARP(in, e, bd)
+			f.Release()
+			return
+		}
+	}
+	dst := e.Dst()
+	if !dst.Multicast() {
+		if id, ok := s.fdb.Lookup(dst, now); ok {
+			if id == in.id {
+				s.drop(in, f, DropHairpin)
+				return
+			}
+			if out, ok := t.byID[id]; ok {
+				s.send(out, f)
+				return
+			}
+		}
+	}
+	s.flood(t, in, f)
+}
+
+// flood sends f to every port but in: a copy to each, the original to the
+// last one.
+func (s *Switch) flood(t *portTable, in *portState, f *Frame) {
+	var last *portState
+	for _, ps := range t.list {
+		if ps == in {
+			continue
+		}
+		if last != nil {
+			c := s.pools.Get(f.Len())
+			c.CopyFrom(f) // Get sized it to fit
+			s.send(last, c)
+		}
+		last = ps
+	}
+	if last == nil {
+		f.Release()
+		return
+	}
+	s.send(last, f)
+}
+
+// send puts f on the egress queue of out, or drops it and counts why.
+// Ownership of f passes either way.
+func (s *Switch) send(out *portState, f *Frame) {
+	if out.removed.Load() {
+		s.drop(out, f, DropPortGone)
+		return
+	}
+	if !out.caps.GSO {
+		if f.Offload.GSOType != GSONone {
+			s.drop(out, f, DropNoGSO)
+			return
+		}
+		if f.Offload.NeedsCsum && !CompleteChecksum(f) {
+			s.drop(out, f, DropNoGSO)
+			return
+		}
+	}
+	if f.Offload.GSOType == GSONone && f.Len() > out.caps.MaxFrame {
+		s.drop(out, f, DropTooBig)
+		return
+	}
+	select {
+	case out.queue <- f:
+	default:
+		s.drop(out, f, DropQueueFull)
+	}
+}
+
+func (s *Switch) drop(ps *portState, f *Frame, r DropReason) {
+	ps.c.drops[r].Add(1)
+	f.Release()
+}
+
+// replyARP answers an ARP request on the port that asked.
+func (s *Switch) replyARP(in *portState, req Ether, bd Binding) {
+	r := s.pools.Small.Get()
+	r.SetLen(WriteARPReply(r.ReadBuf(0), req, bd))
+	in.c.arpReplies.Add(1)
+	s.send(in, r)
+}

@@ -1,0 +1,50 @@
+package vswitch
+
+import "errors"
+
+// ErrClosed is returned by a Port's ReadBatch after Close. Readers stop on it.
+var ErrClosed = errors.New("port closed")
+
+// Caps says what a port accepts on egress.
+type Caps struct {
+	// GSO means the port takes GSO super-frames and frames whose checksum
+	// is still to be completed (Offload.NeedsCsum). Without it, the switch
+	// hands the port only complete, ordinary frames.
+	GSO bool
+	// MaxFrame is the largest ordinary frame, Ethernet header included,
+	// that the port sends or receives. Larger frames are dropped.
+	MaxFrame int
+}
+
+// Port is one attachment of the switch: a TAP, the gateway netstack, a
+// VXLAN tunnel, a capture mirror. The switch owns no I/O; it runs one reader
+// goroutine per queue that calls ReadBatch, and one writer goroutine that
+// calls WriteBatch.
+type Port interface {
+	// Name names the port in counters and logs. It does not change.
+	Name() string
+
+	// Caps reports what the port accepts. It does not change.
+	Caps() Caps
+
+	// Queues returns how many receive queues the port has (at least 1).
+	// The switch calls ReadBatch concurrently, one goroutine per queue.
+	Queues() int
+
+	// ReadBatch blocks until at least one frame arrived on queue q, stores
+	// up to len(frames) of them in frames and returns how many. Ownership
+	// of the returned frames passes to the caller. After Close it returns
+	// ErrClosed (wrapped or not); an error other than ErrClosed is
+	// reported and the call repeated after a back-off.
+	ReadBatch(q int, frames []*Frame) (int, error)
+
+	// WriteBatch sends frames. It takes ownership of every frame and
+	// releases each one, sent or not, before it returns. It returns how
+	// many were sent and, if some were not, the errors joined. It must not
+	// block for long; the switch calls it from one goroutine at a time.
+	WriteBatch(frames []*Frame) (int, error)
+
+	// Close stops the port and makes blocked ReadBatch calls return. It is
+	// safe to call concurrently with ReadBatch and WriteBatch.
+	Close() error
+}
