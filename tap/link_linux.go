@@ -1,0 +1,70 @@
+package tap
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// configureLink gives a new device its MAC, MTU, addresses, link state and
+// default route, in that order: the route needs the link up. Create
+// deletes the device if this fails, which takes addresses and routes along.
+func configureLink(h *netlink.Handle, link netlink.Link, cfg Config) error {
+	if err := h.LinkSetHardwareAddr(link, net.HardwareAddr(cfg.MAC[:])); err != nil {
+		return cfg.errorf("set mac on", err)
+	}
+	if err := h.LinkSetMTU(link, cfg.MTU); err != nil {
+		return cfg.errorf("set mtu on", err)
+	}
+	for _, a := range cfg.Addrs {
+		addr := &netlink.Addr{IPNet: ipNet(a)}
+		if a.Addr().Is6() {
+			// The daemon hands out unique addresses; duplicate address
+			// detection would only hold each one back for a second.
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(link, addr); err != nil {
+			return cfg.errorf(fmt.Sprintf("add address %s to", a), err)
+		}
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return cfg.errorf("set link up on", err)
+	}
+	if !cfg.Gateway.IsValid() {
+		return nil
+	}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
+	if !onSubnet(cfg.Gateway, cfg.Addrs) {
+		// No address's prefix holds the gateway (say a /32 pod address):
+		// tell the kernel it is on the link anyway.
+		route.Flags = int(netlink.FLAG_ONLINK)
+	}
+	if err := h.RouteAdd(route); err != nil {
+		return cfg.errorf(fmt.Sprintf("add default route via %s to", cfg.Gateway), err)
+	}
+	return nil
+}
+
+// onSubnet reports whether gw is reachable without the onlink flag: inside
+// the prefix of one of addrs, or an IPv6 link-local address.
+func onSubnet(gw netip.Addr, addrs []netip.Prefix) bool {
+	if gw.Is6() && gw.IsLinkLocalUnicast() {
+		return true
+	}
+	for _, a := range addrs {
+		if a.Masked().Contains(gw) {
+			return true
+		}
+	}
+	return false
+}
+
+// ipNet converts an address with its prefix length, such as 10.244.0.2/24,
+// keeping the host bits.
+func ipNet(a netip.Prefix) *net.IPNet {
+	bits := a.Addr().BitLen()
+	return &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), bits)}
+}
