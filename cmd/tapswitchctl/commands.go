@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"tapswitch/daemon"
+)
+
+type runFunc = func(ctx context.Context, c *daemon.Client, out output) error
+
+func podAddCmd(fs *flag.FlagSet) runFunc {
+	id := fs.String("id", "", "pod `id` (required)")
+	netns := fs.String("netns", "", "`path` of the pod's network namespace, e.g. /var/run/netns/NAME (required)")
+	ifname := fs.String("ifname", daemon.DefaultIfName, "interface `name` inside the netns")
+	return func(ctx context.Context, c *daemon.Client, out output) error {
+		if *id == "" || *netns == "" {
+			return fmt.Errorf("%w: pod add needs --id and --netns", errUsage)
+		}
+		pod, err := c.AddPod(ctx, daemon.PodRequest{ID: *id, NetNS: *netns, IfName: *ifname})
+		if err != nil {
+			return err
+		}
+		if out.json {
+			return out.printJSON(pod)
+		}
+		return printPods(out, []daemon.Pod{pod})
+	}
+}
+
+func podDelCmd(fs *flag.FlagSet) runFunc {
+	id := fs.String("id", "", "pod `id` (required)")
+	return func(ctx context.Context, c *daemon.Client, out output) error {
+		if *id == "" {
+			return fmt.Errorf("%w: pod del needs --id", errUsage)
+		}
+		if err := c.DeletePod(ctx, *id); err != nil {
+			return err
+		}
+		if out.json {
+			return out.printJSON(map[string]string{"deleted": *id})
+		}
+		fmt.Fprintf(out.w, "pod %s deleted\n", *id)
+		return nil
+	}
+}
+
+func podsCmd(fs *flag.FlagSet) runFunc {
+	return func(ctx context.Context, c *daemon.Client, out output) error {
+		pods, err := c.Pods(ctx)
+		if err != nil {
+			return err
+		}
+		if out.json {
+			return out.printJSON(pods)
+		}
+		return printPods(out, pods)
+	}
+}
+
+func printPods(out output, pods []daemon.Pod) error {
+	tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tIFNAME\tMAC\tIPS\tGATEWAYS\tPORT\tNETNS")
+	for _, p := range pods {
+		port := "detached"
+		if p.PortID != 0 {
+			port = fmt.Sprint(p.PortID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.IfName, p.MAC, join(p.IPs), join(p.Gateways), port, p.NetNS)
+	}
+	return tw.Flush()
+}
+
+func join[T fmt.Stringer](l []T) string {
+	s := make([]string, len(l))
+	for i, v := range l {
+		s[i] = v.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func fdbCmd(fs *flag.FlagSet) runFunc {
+	return func(ctx context.Context, c *daemon.Client, out output) error {
+		fdb, err := c.FDB(ctx)
+		if err != nil {
+			return err
+		}
+		if out.json {
+			return out.printJSON(fdb)
+		}
+		tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "MAC\tPORT\tPORT_ID\tAGE")
+		for _, e := range fdb {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", e.MAC, e.PortName, e.Port, e.Age.Round(time.Second))
+		}
+		return tw.Flush()
+	}
+}
+
+func statsCmd(fs *flag.FlagSet) runFunc {
+	return func(ctx context.Context, c *daemon.Client, out output) error {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if out.json {
+			return out.printJSON(st)
+		}
+		tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "PORT\tRX_FRAMES\tRX_BYTES\tTX_FRAMES\tTX_BYTES\tARP_REPLIES\tFDB\tDROPS\t")
+		for _, p := range st.Ports {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", p.Name, p.RxFrames, p.RxBytes, p.TxFrames, p.TxBytes, p.ARPReplies, p.FDBEntries, drops(p.Drops))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(out.w, "%d pods, %d fdb entries\n", st.Pods, st.FDBEntries)
+		return nil
+	}
+}
+
+// drops formats drop counters as reason=count, sorted by reason.
+func drops(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "0"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, ",")
+}

@@ -1,0 +1,102 @@
+// Command tapswitchd is the tapswitch daemon: a userspace Ethernet switch
+// between the TAP devices of pod network namespaces, with an HTTP + JSON API
+// on a unix socket. See tapswitchctl for the operator's CLI.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"tapswitch/daemon"
+	vswitch "tapswitch/switch"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "tapswitchd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("tapswitchd", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: tapswitchd [flags]\n\nRuns the tapswitch daemon: a userspace switch between pod TAP devices.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var (
+		podCIDR   = fs.String("pod-cidr", daemon.DefaultPodCIDR, "IPv4 `cidr` of the pods: first address is the gateway, last usable the host port")
+		podCIDR6  = fs.String("pod-cidr6", "", "optional IPv6 `cidr` of the pods, for dual stack")
+		stateDir  = fs.String("state-dir", daemon.DefaultStateDir, "`dir`ectory of the daemon's state")
+		socket    = fs.String("socket", daemon.DefaultSocket, "`path` of the API's unix socket")
+		mtu       = fs.Int("mtu", daemon.DefaultMTU, "MTU of the pod interfaces")
+		metrics   = fs.String("metrics-addr", "", "`address` to serve Prometheus metrics on (off when empty)")
+		aging     = fs.Duration("fdb-aging", 300*time.Second, "how long a learned MAC lives without traffic")
+		fdbSize   = fs.Int("fdb-size", 65536, "most MACs the switch learns")
+		fdbPort   = fs.Int("fdb-port-limit", 1024, "most MACs learned on one port")
+		logLevel  = fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+		logFormat = fs.String("log-format", "text", "log `format`: text or json")
+	)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (see -h)", fs.Args())
+	}
+	log, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *metrics != "" {
+		return fmt.Errorf("--metrics-addr: Prometheus metrics are not built yet")
+	}
+	opts := daemon.Options{
+		StateDir: *stateDir,
+		Socket:   *socket,
+		MTU:      *mtu,
+		Logger:   log,
+		Switch:   vswitch.Options{AgingTime: *aging, FDBSize: *fdbSize, FDBPortLimit: *fdbPort},
+	}
+	if opts.PodCIDR, err = netip.ParsePrefix(*podCIDR); err != nil {
+		return fmt.Errorf("--pod-cidr: %w", err)
+	}
+	if *podCIDR6 != "" {
+		if opts.PodCIDR6, err = netip.ParsePrefix(*podCIDR6); err != nil {
+			return fmt.Errorf("--pod-cidr6: %w", err)
+		}
+	}
+	d, err := daemon.New(opts)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	err = d.Serve(ctx)
+	log.Info("stopped")
+	return err
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	o := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

@@ -1,0 +1,90 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// maxBody bounds a request body; a pod request is a few hundred bytes.
+const maxBody = 1 << 16
+
+// handler returns the API: HTTP + JSON, versioned paths.
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Pods())
+	})
+	mux.HandleFunc("POST /v1/pods", d.handleAddPod)
+	mux.HandleFunc("GET /v1/pods/{id}", func(w http.ResponseWriter, r *http.Request) {
+		pod, err := d.PodByID(r.PathValue("id"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, pod)
+	})
+	mux.HandleFunc("DELETE /v1/pods/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.DeletePod(r.PathValue("id")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/fdb", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.sw.FDB())
+	})
+	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Stats())
+	})
+	return mux
+}
+
+// Stats returns the switch's counters.
+func (d *Daemon) Stats() Stats {
+	ports := d.sw.Stats()
+	st := Stats{Pods: len(d.Pods()), Ports: ports}
+	for _, p := range ports {
+		st.FDBEntries += p.FDBEntries
+	}
+	return st
+}
+
+func (d *Daemon) handleAddPod(w http.ResponseWriter, r *http.Request) {
+	var req PodRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: body: %v", ErrInvalid, err))
+		return
+	}
+	pod, err := d.AddPod(req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, pod)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers with the status that fits err and its message.
+func writeError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrInvalid):
+		status = http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		status = http.StatusConflict
+	case errors.Is(err, ErrExhausted):
+		status = http.StatusInsufficientStorage
+	}
+	writeJSON(w, status, apiError{Error: err.Error()})
+}

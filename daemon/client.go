@@ -1,0 +1,136 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+	"time"
+
+	vswitch "tapswitch/switch"
+)
+
+// ErrUnavailable means the daemon did not answer: it is not running, or
+// its socket is somewhere else. Callers may try again later.
+var ErrUnavailable = errors.New("tapswitchd is not answering")
+
+// APIError is an error answer of the daemon.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// Client talks to tapswitchd over its unix socket. It is safe for
+// concurrent use.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client of the daemon listening on socket.
+func NewClient(socket string) *Client {
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+}
+
+// AddPod attaches a pod.
+func (c *Client) AddPod(ctx context.Context, req PodRequest) (Pod, error) {
+	var pod Pod
+	err := c.do(ctx, http.MethodPost, "/v1/pods", req, &pod)
+	return pod, err
+}
+
+// DeletePod detaches a pod and removes its TAP.
+func (c *Client) DeletePod(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/pods/"+url.PathEscape(id), nil, nil)
+}
+
+// Pod returns one pod.
+func (c *Client) Pod(ctx context.Context, id string) (Pod, error) {
+	var pod Pod
+	err := c.do(ctx, http.MethodGet, "/v1/pods/"+url.PathEscape(id), nil, &pod)
+	return pod, err
+}
+
+// Pods lists the attached pods.
+func (c *Client) Pods(ctx context.Context) ([]Pod, error) {
+	var pods []Pod
+	err := c.do(ctx, http.MethodGet, "/v1/pods", nil, &pods)
+	return pods, err
+}
+
+// FDB lists the learned MACs.
+func (c *Client) FDB(ctx context.Context) ([]vswitch.FDBRecord, error) {
+	var fdb []vswitch.FDBRecord
+	err := c.do(ctx, http.MethodGet, "/v1/fdb", nil, &fdb)
+	return fdb, err
+}
+
+// Stats returns the switch's counters.
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	err := c.do(ctx, http.MethodGet, "/v1/stats", nil, &st)
+	return st, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://tapswitchd"+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w: no daemon on socket %s (is tapswitchd running?)", ErrUnavailable, c.socket)
+		}
+		return fmt.Errorf("%w: socket %s: %v", ErrUnavailable, c.socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		var ae apiError
+		if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
+			ae.Error = fmt.Sprintf("daemon answered %s", resp.Status)
+		}
+		return &APIError{Status: resp.StatusCode, Message: ae.Error}
+	}
+	if out == nil || len(b) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	return nil
+}

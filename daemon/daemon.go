@@ -1,0 +1,158 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	vswitch "tapswitch/switch"
+)
+
+// Defaults of the daemon's flags; DESIGN.md fixes them.
+const (
+	DefaultPodCIDR  = "10.244.0.0/24"
+	DefaultStateDir = "/var/lib/tapswitch"
+	DefaultSocket   = "/run/tapswitch/tapswitchd.sock"
+	DefaultMTU      = 1500
+)
+
+// Options configure a Daemon.
+type Options struct {
+	PodCIDR  netip.Prefix // required
+	PodCIDR6 netip.Prefix // optional
+	StateDir string
+	Socket   string
+	MTU      int
+	Switch   vswitch.Options
+	Logger   *slog.Logger
+}
+
+// Daemon is tapswitchd: the switch, the attached pods, their addresses and
+// the API on the unix socket.
+//
+// Goroutines: the switch's (see package vswitch) and the HTTP server's,
+// all stopped by Close. Pod changes are serialized by mu, which is never
+// held across device creation: an ID is reserved first, the TAP built
+// without the lock, and the pod published or the reservation undone.
+type Daemon struct {
+	opts  Options
+	log   *slog.Logger
+	sw    *vswitch.Switch
+	state *stateFile
+
+	mu   sync.Mutex // guards pods, v4, v6
+	pods map[string]*podEntry
+	v4   *addrRange
+	v6   *addrRange
+
+	ln  net.Listener
+	srv *http.Server
+}
+
+// podEntry is a pod in the registry. While ready is false the pod is being
+// attached or detached and only its ID is reserved.
+type podEntry struct {
+	Pod
+	ready bool
+}
+
+// New validates opts, loads the saved pods, re-attaches their TAPs and
+// returns a daemon that is not yet serving.
+func New(opts Options) (*Daemon, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	if opts.Socket == "" {
+		opts.Socket = DefaultSocket
+	}
+	if opts.MTU == 0 {
+		opts.MTU = DefaultMTU
+	}
+	if opts.MTU < 576 || opts.MTU > 9000 {
+		return nil, fmt.Errorf("mtu %d: want 576 to 9000", opts.MTU)
+	}
+	d := &Daemon{opts: opts, log: opts.Logger, pods: make(map[string]*podEntry)}
+	var err error
+	if !opts.PodCIDR.Addr().Is4() {
+		return nil, fmt.Errorf("pod cidr %q: want an IPv4 cidr", opts.PodCIDR)
+	}
+	if d.v4, err = newAddrRange(opts.PodCIDR); err != nil {
+		return nil, fmt.Errorf("pod cidr: %w", err)
+	}
+	if opts.PodCIDR6.IsValid() {
+		if !opts.PodCIDR6.Addr().Is6() || opts.PodCIDR6.Addr().Is4In6() {
+			return nil, fmt.Errorf("pod cidr6 %s: want an IPv6 cidr", opts.PodCIDR6)
+		}
+		if d.v6, err = newAddrRange(opts.PodCIDR6); err != nil {
+			return nil, fmt.Errorf("pod cidr6: %w", err)
+		}
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	d.state, err = openState(filepath.Join(opts.StateDir, "pods.json"))
+	if err != nil {
+		return nil, err
+	}
+	swOpts := opts.Switch
+	swOpts.Logger = d.log
+	d.sw = vswitch.New(swOpts)
+	if err := d.restore(); err != nil {
+		d.sw.Close()
+		d.state.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Serve listens on the unix socket and serves the API until ctx is done,
+// then shuts down: the API first, then the switch. TAP devices persist, so
+// a restarted daemon re-attaches every pod.
+func (d *Daemon) Serve(ctx context.Context) error {
+	ln, err := listenUnix(d.opts.Socket, d.log)
+	if err != nil {
+		d.Close()
+		return err
+	}
+	d.ln = ln
+	d.srv = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- d.srv.Serve(ln) }()
+	d.log.Info("serving", "socket", d.opts.Socket, "pod_cidr", d.opts.PodCIDR, "pod_cidr6", d.opts.PodCIDR6, "state_dir", d.opts.StateDir)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	shutErr := d.srv.Shutdown(sctx)
+	if err == nil || errors.Is(err, http.ErrServerClosed) {
+		err = shutErr
+	}
+	return errors.Join(err, d.Close())
+}
+
+// Close stops the switch and closes every TAP fd. It does not remove
+// devices or forget pods: they are re-attached on the next start.
+func (d *Daemon) Close() error {
+	err := d.sw.Close()
+	if d.ln != nil {
+		os.Remove(d.opts.Socket)
+	}
+	return errors.Join(err, d.state.close())
+}
+
+// Switch returns the daemon's switch, for tests and in-process users.
+func (d *Daemon) Switch() *vswitch.Switch { return d.sw }

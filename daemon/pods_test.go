@@ -1,0 +1,87 @@
+package daemon
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestValidateRequest(t *testing.T) {
+	ns := t.TempDir() // any existing path stands in for a netns here
+	tests := []struct {
+		name string
+		req  PodRequest
+		ok   bool
+	}{
+		{"ok", PodRequest{ID: "abc-1.2_3", NetNS: ns}, true},
+		{"cni id", PodRequest{ID: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", NetNS: ns}, true},
+		{"empty id", PodRequest{NetNS: ns}, false},
+		{"slash id", PodRequest{ID: "a/b", NetNS: ns}, false},
+		{"space id", PodRequest{ID: "a b", NetNS: ns}, false},
+		{"leading dash", PodRequest{ID: "-a", NetNS: ns}, false},
+		{"no netns", PodRequest{ID: "a"}, false},
+		{"missing netns", PodRequest{ID: "a", NetNS: filepath.Join(ns, "nope")}, false},
+		{"long ifname", PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcdef"}, false},
+		{"colon ifname", PodRequest{ID: "a", NetNS: ns, IfName: "eth0:1"}, false},
+		{"dot ifname", PodRequest{ID: "a", NetNS: ns, IfName: ".."}, false},
+		{"15 byte ifname", PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcde"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := validateRequest(&tt.req)
+			if (err == nil) != tt.ok {
+				t.Fatalf("validateRequest(%+v) = %v, want ok=%v", tt.req, err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func TestPodMACStableAndLocal(t *testing.T) {
+	m1, m2 := podMAC("pod-a", "eth0"), podMAC("pod-a", "eth0")
+	if m1 != m2 {
+		t.Fatalf("podMAC not stable: %v, %v", m1, m2)
+	}
+	if podMAC("pod-a", "eth1") == m1 || podMAC("pod-b", "eth0") == m1 {
+		t.Errorf("podMAC does not depend on id and ifname")
+	}
+	for _, id := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		m := podMAC(id, "eth0")
+		if m[0]&1 != 0 || m[0]&2 == 0 {
+			t.Errorf("podMAC(%s) = %v, want unicast and locally administered", id, m)
+		}
+	}
+}
+
+func TestStateRoundTripAndCorruption(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openState(filepath.Join(dir, "pods.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pods, err := s.load(); err != nil || len(pods) != 0 {
+		t.Fatalf("load of a new state = %v, %v; want empty", pods, err)
+	}
+	want := []Pod{{ID: "a", NetNS: "/x", IfName: "eth0", MAC: podMAC("a", "eth0"), MTU: 1500}}
+	if err := s.save(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.load()
+	if err != nil || len(got) != 1 || got[0].ID != "a" || got[0].MAC != want[0].MAC {
+		t.Fatalf("load = %+v, %v; want %+v", got, err, want)
+	}
+	// A second daemon on the same folder is refused.
+	if _, err := openState(filepath.Join(dir, "pods.json")); err == nil {
+		t.Error("second openState on a locked folder succeeded")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pods.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.load(); err == nil {
+		t.Error("load of a corrupt file succeeded; want an error naming it")
+	}
+	s.close()
+}

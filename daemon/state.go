@@ -1,0 +1,106 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// stateFile keeps the attached pods on disk, so a restarted daemon knows
+// them again. Every change rewrites the whole file through a temporary file,
+// fsync and rename, so a crash leaves the old or the new version, never a
+// torn one. The daemon holds an flock on the state folder while it runs, so
+// two daemons never share one.
+type stateFile struct {
+	path string
+	lock *os.File
+}
+
+// savedState is the file's content.
+type savedState struct {
+	Version int   `json:"version"`
+	Pods    []Pod `json:"pods"`
+}
+
+const stateVersion = 1
+
+func openState(path string) (*stateFile, error) {
+	lockPath := filepath.Join(filepath.Dir(path), "lock")
+	lock, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state dir %s is in use by another tapswitchd", filepath.Dir(path))
+		}
+		return nil, fmt.Errorf("state: lock %s: %w", lockPath, err)
+	}
+	return &stateFile{path: path, lock: lock}, nil
+}
+
+// load returns the saved pods; none if the file does not exist yet. A file
+// that cannot be read or parsed is an error naming it, never a silent reset.
+func (s *stateFile) load() ([]Pod, error) {
+	b, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	var st savedState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt (move it away to start empty, which forgets every pod): %w", s.path, err)
+	}
+	if st.Version != stateVersion {
+		return nil, fmt.Errorf("state file %s has version %d, this tapswitchd reads version %d", s.path, st.Version, stateVersion)
+	}
+	return st.Pods, nil
+}
+
+// save replaces the file with pods, atomically.
+func (s *stateFile) save(pods []Pod) error {
+	b, err := json.MarshalIndent(savedState{Version: stateVersion, Pods: pods}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	tmp := s.path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("state: save %s: %w", s.path, err)
+	}
+	if dir, err := os.Open(filepath.Dir(s.path)); err == nil {
+		dir.Sync()
+		dir.Close()
+	}
+	return nil
+}
+
+func (s *stateFile) close() error {
+	if s == nil || s.lock == nil {
+		return nil
+	}
+	err := s.lock.Close()
+	s.lock = nil
+	return err
+}

@@ -1,0 +1,43 @@
+package daemon
+
+import (
+	"net/netip"
+	"time"
+
+	vswitch "tapswitch/switch"
+)
+
+// The API's JSON types, shared by the server and the Go client.
+
+// PodRequest asks for a pod attachment (POST /v1/pods).
+type PodRequest struct {
+	ID     string `json:"id"`
+	NetNS  string `json:"netns"`
+	IfName string `json:"ifname,omitempty"`
+}
+
+// Pod is an attached pod.
+type Pod struct {
+	ID       string         `json:"id"`
+	NetNS    string         `json:"netns"`
+	IfName   string         `json:"ifname"`
+	MAC      vswitch.MAC    `json:"mac"`
+	IPs      []netip.Prefix `json:"ips"`
+	Gateways []netip.Addr   `json:"gateways"`
+	MTU      int            `json:"mtu"`
+	Port     string         `json:"port"`
+	PortID   vswitch.PortID `json:"port_id"`
+	Created  time.Time      `json:"created"`
+}
+
+// Stats is the answer of GET /v1/stats.
+type Stats struct {
+	Pods       int                 `json:"pods"`
+	FDBEntries int                 `json:"fdb_entries"`
+	Ports      []vswitch.PortStats `json:"ports"`
+}
+
+// apiError is the body of every error answer.
+type apiError struct {
+	Error string `json:"error"`
+}
