@@ -1,0 +1,49 @@
+# tapswitch — see README.md. Every target runs as root on a Debian machine
+# with Go; what it needs beyond that it installs itself (make deps).
+
+GO      ?= go
+PREFIX  ?= /usr/local
+BIN     := bin
+# Packages with goroutines of their own run under the race detector.
+UNIT    := ./switch/... ./tap/... ./daemon/... ./internal/... ./cmd/...
+
+.PHONY: all build test unit e2e demo deps install clean fuzz
+
+all: build
+
+build:
+	$(GO) build -trimpath -o $(BIN)/ ./cmd/tapswitchd ./cmd/tapswitchctl
+
+# All tests. Root-only tests run when root; in CI (CI set) they fail
+# rather than skip without root.
+test: build
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 10m $(UNIT)
+	$(GO) test -count=1 -timeout 10m ./test/...
+
+# A longer fuzzing session of every fuzz target (not part of make test,
+# which runs their seed corpora).
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzForward -fuzztime 60s ./switch/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeVnetHdr -fuzztime 60s ./tap/
+
+# The main job on embedded defaults: daemon, pods, traffic, figures,
+# clean-up (also on Ctrl-C and on failure).
+demo: build deps
+	./scripts/demo.sh
+
+# Debian packages the demo and the benchmarks use, installed when missing.
+DEB_DEPS := iperf3 iputils-ping
+deps:
+	@missing=""; for p in $(DEB_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN)/tapswitchd $(BIN)/tapswitchctl $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,202 @@
+// Package test holds tapswitch's end-to-end tests: the real binaries, real
+// network namespaces, real TAP devices and traffic between them. They need
+// root; without it they skip, except in CI (CI set), where they fail.
+package test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"tapswitch/daemon"
+	"tapswitch/internal/pinger"
+	"tapswitch/internal/testutil"
+)
+
+// binDir holds the binaries built once for all tests.
+var binDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "tapswitch-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Other users run the binaries too (the socket permission test).
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cmd := exec.Command("go", "build", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		return 1
+	}
+	binDir = dir
+	return m.Run()
+}
+
+// daemonProc is a tapswitchd started by a test.
+type daemonProc struct {
+	socket   string
+	stateDir string
+	client   *daemon.Client
+	cmd      *exec.Cmd
+	log      *syncBuffer
+	exited   chan error
+}
+
+// startDaemon runs tapswitchd with a private socket and state folder, and
+// stops it when the test ends. extra adds flags.
+func startDaemon(t *testing.T, stateDir string, extra ...string) *daemonProc {
+	t.Helper()
+	if stateDir == "" {
+		stateDir = filepath.Join(t.TempDir(), "state")
+	}
+	sock := filepath.Join(t.TempDir(), "tapswitchd.sock")
+	args := append([]string{"--socket", sock, "--state-dir", stateDir, "--log-level", "debug"}, extra...)
+	d := &daemonProc{socket: sock, stateDir: stateDir, client: daemon.NewClient(sock), log: new(syncBuffer), exited: make(chan error, 1)}
+	d.cmd = exec.Command(filepath.Join(binDir, "tapswitchd"), args...)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start tapswitchd: %v", err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		d.stop(t)
+		if t.Failed() {
+			t.Logf("tapswitchd log:\n%s", d.log)
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := d.client.Pods(context.Background()); err == nil {
+			return d
+		}
+		select {
+		case err := <-d.exited:
+			d.exited <- err
+			t.Fatalf("tapswitchd exited: %v\n%s", err, d.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tapswitchd did not answer within 10s\n%s", d.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemonProc) stop(t *testing.T) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		d.exited <- err
+		if err != nil {
+			t.Errorf("tapswitchd exited with %v after SIGTERM", err)
+		}
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		t.Errorf("tapswitchd did not stop within 15s of SIGTERM")
+		<-d.exited
+	}
+}
+
+// ctl runs "tapswitchctl COMMAND --socket SOCK ARGS..." against the daemon
+// and returns its combined output and error.
+func (d *daemonProc) ctl(command string, args ...string) (string, error) {
+	full := append(strings.Fields(command), "--socket", d.socket)
+	return runCtl(append(full, args...)...)
+}
+
+func runCtl(args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(binDir, "tapswitchctl"), args...).CombinedOutput()
+	return string(out), err
+}
+
+// pod is a test pod: a fresh netns attached to the daemon.
+type pod struct {
+	daemon.Pod
+	ns string
+}
+
+func (p pod) addr() netip.Addr { return p.IPs[0].Addr() }
+
+// addPod creates a uniquely named netns and attaches it.
+func addPod(t *testing.T, d *daemonProc, id string) pod {
+	t.Helper()
+	ns := testutil.NewNetNS(t)
+	got, err := d.client.AddPod(context.Background(), daemon.PodRequest{ID: id, NetNS: ns})
+	if err != nil {
+		t.Fatalf("AddPod(%s): %v", id, err)
+	}
+	return pod{Pod: got, ns: ns}
+}
+
+// mustPing pings dst from src's netns until replies come back, allowing
+// the first request to wait for ARP.
+func mustPing(t *testing.T, src pod, dst netip.Addr) {
+	t.Helper()
+	res, err := pinger.Ping(src.ns, dst, 3, 2*time.Second)
+	if err != nil {
+		t.Fatalf("ping %s -> %s: %v", src.ID, dst, err)
+	}
+	if res.Received == 0 {
+		t.Fatalf("ping %s -> %s: %d sent, none answered", src.ID, dst, res.Sent)
+	}
+}
+
+// ping pings dst from src and reports an error if nothing came back.
+func ping(src, dst pod) error {
+	res, err := pinger.Ping(src.ns, dst.addr(), 3, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("ping %s -> %s: %w", src.ID, dst.ID, err)
+	}
+	if res.Received == 0 {
+		return fmt.Errorf("ping %s -> %s (%s): %d sent, none answered", src.ID, dst.ID, dst.addr(), res.Sent)
+	}
+	return nil
+}
+
+// pingOnce sends one echo request and reports whether it was answered.
+func pingOnce(src, dst pod) (bool, error) {
+	res, err := pinger.Ping(src.ns, dst.addr(), 1, 500*time.Millisecond)
+	return res.Received > 0, err
+}
+
+// syncBuffer is a bytes.Buffer the daemon's output can be written to while
+// a test reads it.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
