@@ -38,6 +38,7 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.Stats())
 	})
+	mux.Handle("GET /metrics", d.metrics)
 	return mux
 }
 

@@ -31,8 +31,11 @@ type Options struct {
 	StateDir string
 	Socket   string
 	MTU      int
-	Switch   vswitch.Options
-	Logger   *slog.Logger
+	// MetricsAddr, if set, is a TCP address to serve /metrics on, besides
+	// the unix socket.
+	MetricsAddr string
+	Switch      vswitch.Options
+	Logger      *slog.Logger
 }
 
 // Daemon is tapswitchd: the switch, the attached pods, their addresses and
@@ -53,8 +56,10 @@ type Daemon struct {
 	v4   *addrRange
 	v6   *addrRange
 
-	ln  net.Listener
-	srv *http.Server
+	metrics http.Handler
+	ln      net.Listener
+	srv     *http.Server
+	msrv    *http.Server // on MetricsAddr, if set
 }
 
 // podEntry is a pod in the registry. While ready is false the pod is being
@@ -105,6 +110,7 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.metrics = d.metricsHandler()
 	swOpts := opts.Switch
 	swOpts.Logger = d.log
 	d.sw = vswitch.New(swOpts)
@@ -126,9 +132,24 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		return err
 	}
 	d.ln = ln
+	var mln net.Listener
+	if d.opts.MetricsAddr != "" {
+		if mln, err = net.Listen("tcp", d.opts.MetricsAddr); err != nil {
+			ln.Close()
+			d.Close()
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
 	d.srv = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- d.srv.Serve(ln) }()
+	if mln != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", d.metrics)
+		d.msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- d.msrv.Serve(mln) }()
+		d.log.Info("serving metrics", "addr", mln.Addr())
+	}
 	d.log.Info("serving", "socket", d.opts.Socket, "pod_cidr", d.opts.PodCIDR, "pod_cidr6", d.opts.PodCIDR6, "state_dir", d.opts.StateDir)
 
 	select {
@@ -138,6 +159,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	shutErr := d.srv.Shutdown(sctx)
+	if d.msrv != nil {
+		shutErr = errors.Join(shutErr, d.msrv.Shutdown(sctx))
+	}
 	if err == nil || errors.Is(err, http.ErrServerClosed) {
 		err = shutErr
 	}

@@ -37,7 +37,7 @@ func run(args []string) error {
 		stateDir  = fs.String("state-dir", daemon.DefaultStateDir, "`dir`ectory of the daemon's state")
 		socket    = fs.String("socket", daemon.DefaultSocket, "`path` of the API's unix socket")
 		mtu       = fs.Int("mtu", daemon.DefaultMTU, "MTU of the pod interfaces")
-		metrics   = fs.String("metrics-addr", "", "`address` to serve Prometheus metrics on (off when empty)")
+		metrics   = fs.String("metrics-addr", "", "TCP `address` to serve Prometheus metrics on, e.g. 127.0.0.1:9650 (off when empty; /metrics is always on the socket)")
 		aging     = fs.Duration("fdb-aging", 300*time.Second, "how long a learned MAC lives without traffic")
 		fdbSize   = fs.Int("fdb-size", 65536, "most MACs the switch learns")
 		fdbPort   = fs.Int("fdb-port-limit", 1024, "most MACs learned on one port")
@@ -57,15 +57,13 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *metrics != "" {
-		return fmt.Errorf("--metrics-addr: Prometheus metrics are not built yet")
-	}
 	opts := daemon.Options{
-		StateDir: *stateDir,
-		Socket:   *socket,
-		MTU:      *mtu,
-		Logger:   log,
-		Switch:   vswitch.Options{AgingTime: *aging, FDBSize: *fdbSize, FDBPortLimit: *fdbPort},
+		StateDir:    *stateDir,
+		Socket:      *socket,
+		MTU:         *mtu,
+		MetricsAddr: *metrics,
+		Logger:      log,
+		Switch:      vswitch.Options{AgingTime: *aging, FDBSize: *fdbSize, FDBPortLimit: *fdbPort},
 	}
 	if opts.PodCIDR, err = netip.ParsePrefix(*podCIDR); err != nil {
 		return fmt.Errorf("--pod-cidr: %w", err)
