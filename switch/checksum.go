@@ -29,11 +29,13 @@ func Checksum(b []byte, initial uint32) uint16 {
 // (Offload.NeedsCsum), as the kernel's skb_checksum_help does: the field at
 // CsumStart+CsumOffset already holds the pseudo-header sum, so the sum from
 // CsumStart to the end, inverted, is the checksum. It reports false if the
-// offsets do not fit the frame.
+// offsets do not fit the frame, or start inside the Ethernet header: a
+// checksum written there would rewrite the MAC addresses the switch
+// checked and forwarded by.
 func CompleteChecksum(f *Frame) bool {
 	b := f.Bytes()
 	start, field := int(f.Offload.CsumStart), int(f.Offload.CsumStart)+int(f.Offload.CsumOffset)
-	if start >= len(b) || field+2 > len(b) {
+	if start < EtherHdrLen || start >= len(b) || field+2 > len(b) {
 		return false
 	}
 	sum := ^Checksum(b[start:], 0)

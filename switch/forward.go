@@ -43,6 +43,7 @@ func (s *Switch) readLoop(ps *portState, q int) {
 func (s *Switch) writeLoop(ps *portState) {
 	defer ps.wg.Done()
 	batch := make([]*Frame, 0, s.opts.BatchSize)
+	lens := make([]int, 0, s.opts.BatchSize)
 	for {
 		select {
 		case f := <-ps.queue:
@@ -66,33 +67,31 @@ func (s *Switch) writeLoop(ps *portState) {
 				break fill
 			}
 		}
-		s.write(ps, batch)
-		for i, f := range batch {
-			f.Release()
-			batch[i] = nil
+		// WriteBatch releases the frames, so take their lengths first.
+		for _, f := range batch {
+			lens = append(lens, f.Len())
 		}
-		batch = batch[:0]
+		s.write(ps, batch, lens)
+		clear(batch)
+		batch, lens = batch[:0], lens[:0]
 	}
 }
 
-// write hands batch to the port. A failed frame is dropped and counted; the
-// write goes on with the frames after it. The frames stay the caller's.
-func (s *Switch) write(ps *portState, batch []*Frame) {
-	for len(batch) > 0 {
-		n, err := ps.port.WriteBatch(batch)
-		for _, f := range batch[:n] {
-			ps.c.txBytes.Add(uint64(f.Len()))
-		}
-		ps.c.txFrames.Add(uint64(n))
-		if err == nil || n >= len(batch) {
-			return
-		}
-		ps.c.drops[DropWriteError].Add(1)
-		if errors.Is(err, ErrClosed) {
-			ps.c.drops[DropWriteError].Add(uint64(len(batch) - n - 1))
-			return
-		}
-		batch = batch[n+1:]
+// write hands batch to the port, whose WriteBatch takes ownership of every
+// frame and releases it, sent or not. lens holds the frames' lengths. The
+// port sent the first n frames; the others are dropped and counted. They
+// are not retried: they are already back in their pool.
+func (s *Switch) write(ps *portState, batch []*Frame, lens []int) {
+	n, _ := ps.port.WriteBatch(batch)
+	n = min(max(n, 0), len(batch))
+	var bytes uint64
+	for _, l := range lens[:n] {
+		bytes += uint64(l)
+	}
+	ps.c.txFrames.Add(uint64(n))
+	ps.c.txBytes.Add(bytes)
+	if n < len(batch) {
+		ps.c.drops[DropWriteError].Add(uint64(len(batch) - n))
 	}
 }
 
@@ -108,15 +107,20 @@ func (s *Switch) Forward(in PortID, frames []*Frame) {
 		}
 		return
 	}
-	// A coarse clock: FDB refreshes write their entry at most once a second.
-	now := s.opts.Now().Truncate(time.Second).UnixNano()
+	// Count before forwarding: once a frame is queued it may be written
+	// and its buffer reused, and a reader of Stats who saw it arrive
+	// expects it counted.
 	var bytes uint64
 	for _, f := range frames {
 		bytes += uint64(f.Len())
-		s.forward(t, ps, f, now)
 	}
 	ps.c.rxFrames.Add(uint64(len(frames)))
 	ps.c.rxBytes.Add(bytes)
+	// A coarse clock: FDB refreshes write their entry at most once a second.
+	now := s.opts.Now().Truncate(time.Second).UnixNano()
+	for _, f := range frames {
+		s.forward(t, ps, f, now)
+	}
 }
 
 // forward decides where one frame goes and sends it there.
@@ -171,9 +175,13 @@ func (s *Switch) flood(t *portTable, in *portState, f *Frame) {
 			continue
 		}
 		if last != nil {
-			c := s.pools.Get(f.Len())
-			c.CopyFrom(f) // Get sized it to fit
-			s.send(last, c)
+			// A port's own pool may hold frames larger than ours.
+			if c := s.pools.Get(f.Len()); c != nil {
+				c.CopyFrom(f) // Get sized it to fit
+				s.send(last, c)
+			} else {
+				last.c.drops[DropTooBig].Add(1)
+			}
 		}
 		last = ps
 	}

@@ -38,10 +38,11 @@ type Port interface {
 	// reported and the call repeated after a back-off.
 	ReadBatch(q int, frames []*Frame) (int, error)
 
-	// WriteBatch sends frames. It takes ownership of every frame and
-	// releases each one, sent or not, before it returns. It returns how
-	// many were sent and, if some were not, the errors joined. It must not
-	// block for long; the switch calls it from one goroutine at a time.
+	// WriteBatch sends frames in order. It takes ownership of every frame
+	// and releases each one, sent or not, before it returns. It returns n,
+	// meaning the first n frames were sent, and the error that stopped
+	// the rest. It must not block for long; the switch calls it from one
+	// goroutine at a time and does not retry.
 	WriteBatch(frames []*Frame) (int, error)
 
 	// Close stops the port and makes blocked ReadBatch calls return. It is

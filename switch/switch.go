@@ -122,8 +122,9 @@ var ErrSwitchClosed = errors.New("switch closed")
 // ErrNoPort is returned for a PortID that is not attached.
 var ErrNoPort = errors.New("no such port")
 
-// AddPort attaches p and starts its goroutines. The switch owns p from now
-// on and closes it in RemovePort or Close.
+// AddPort attaches p and starts its goroutines. The switch owns p from then
+// on and closes it in RemovePort or Close. If AddPort fails, p stays the
+// caller's.
 func (s *Switch) AddPort(p Port) (PortID, error) {
 	caps := p.Caps()
 	if caps.MaxFrame < EtherHdrLen {
@@ -234,11 +235,19 @@ func (s *Switch) Bind(b Binding) error {
 	if !b.IP.Is4() && !b.IP.Is6() {
 		return fmt.Errorf("vswitch: bind: invalid address %v", b.IP)
 	}
-	if _, ok := s.ports.Load().byID[b.Port]; !ok {
-		return fmt.Errorf("vswitch: bind %v: %w", b.IP, ErrNoPort)
-	}
-	s.binds.update(func(m map[netip.Addr]Binding) { m[b.IP.Unmap()] = b })
-	return nil
+	b.IP = b.IP.Unmap() // the key and the answer use the same form
+	var err error
+	s.binds.update(func(m map[netip.Addr]Binding) {
+		// Check under the bindings' lock: RemovePort unpublishes the port
+		// before it takes that lock to drop the port's bindings, so a
+		// binding added here can never outlive its port.
+		if _, ok := s.ports.Load().byID[b.Port]; !ok {
+			err = fmt.Errorf("vswitch: bind %v: %w", b.IP, ErrNoPort)
+			return
+		}
+		m[b.IP] = b
+	})
+	return err
 }
 
 // Unbind forgets the binding of ip.
@@ -309,7 +318,8 @@ func (s *Switch) ageLoop() {
 		case <-s.stop:
 			return
 		case <-tick.C:
-			if n := s.fdb.Expire(s.opts.Now().UnixNano()); n > 0 {
+			// The same coarse clock as learning and lookups use.
+			if n := s.fdb.Expire(s.opts.Now().Truncate(time.Second).UnixNano()); n > 0 {
 				s.log.Debug("fdb entries expired", "count", n)
 			}
 		}

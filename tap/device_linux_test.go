@@ -247,7 +247,6 @@ func TestARP(t *testing.T) {
 			}
 
 			req := arpRequest(peerMAC, peerIP, podIP)
-			defer req.Release()
 			if n, err := p.WriteBatch([]*vswitch.Frame{req}); n != 1 || err != nil {
 				t.Fatalf("WriteBatch(ARP request) = %d, %v", n, err)
 			}

@@ -120,10 +120,12 @@ func (qu *queue) readFrames(fd uintptr) bool {
 
 // WriteBatch writes frames in order, each with its virtio-net header in
 // the headroom and one write(2). It stops at the first frame that fails and
-// returns how many were written before it and that frame's error. It never
-// waits for the fd: a write that would block fails. It does not release
-// frames; they stay the caller's. Calls must not overlap.
+// returns how many were written before it and that frame's error: the first
+// n frames were sent, the rest were not. It never waits for the fd: a write
+// that would block fails. As vswitch.Port asks, it takes ownership of every
+// frame and releases each one, sent or not. Calls must not overlap.
 func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
+	defer releaseFrames(frames)
 	if p.closed.Load() {
 		return 0, fmt.Errorf("tap: write %s: %w", p.name, vswitch.ErrClosed)
 	}
@@ -183,4 +185,10 @@ func (p *Port) Close() error {
 	}
 	p.log.Info("port closed")
 	return errors.Join(errs...)
+}
+
+func releaseFrames(frames []*vswitch.Frame) {
+	for _, f := range frames {
+		f.Release()
+	}
 }

@@ -147,7 +147,11 @@ func TestRoundTrip(t *testing.T) {
 	for i, o := range offs {
 		out = append(out, testFrame(pool, i, 1000*(i+1), o))
 	}
-	defer releaseAll(out)
+	// WriteBatch releases the frames: keep what they held.
+	var want [][]byte
+	for _, f := range out {
+		want = append(want, bytes.Clone(f.Bytes()))
+	}
 	if n, err := p.WriteBatch(out); n != len(out) || err != nil {
 		t.Fatalf("WriteBatch = %d, %v, want %d, nil", n, err, len(out))
 	}
@@ -166,9 +170,9 @@ func TestRoundTrip(t *testing.T) {
 	}
 	defer releaseAll(in[:n])
 	for i := range n {
-		if !bytes.Equal(in[i].Bytes(), out[i].Bytes()) || in[i].Offload != out[i].Offload {
+		if !bytes.Equal(in[i].Bytes(), want[i]) || in[i].Offload != offs[i] {
 			t.Errorf("frame %d back = %d bytes %+v, want %d bytes %+v",
-				i, in[i].Len(), in[i].Offload, out[i].Len(), out[i].Offload)
+				i, in[i].Len(), in[i].Offload, len(want[i]), offs[i])
 		}
 	}
 }
@@ -182,7 +186,6 @@ func TestWriteBatchStopsAtFirstError(t *testing.T) {
 			testFrame(pool, 1, 60, vswitch.Offload{GSOType: 99}),
 			testFrame(pool, 2, 60, vswitch.Offload{}),
 		}
-		defer releaseAll(batch)
 		n, err := p.WriteBatch(batch)
 		if n != 1 || err == nil {
 			t.Fatalf("WriteBatch = %d, %v, want 1 and the second frame's error", n, err)
@@ -199,9 +202,11 @@ func TestWriteBatchStopsAtFirstError(t *testing.T) {
 		if got != 1 {
 			t.Errorf("peer received %d frames, want 1", got)
 		}
-		// The frames are still the caller's: WriteBatch did not release them.
-		if batch[2].Len() != 60 {
-			t.Errorf("frame after the failed one changed: len %d", batch[2].Len())
+		// Every frame went back to its pool, the unsent ones too.
+		for i, f := range batch {
+			if f.Len() != 0 {
+				t.Errorf("frame %d not released: len %d", i, f.Len())
+			}
 		}
 	})
 	t.Run("closed peer", func(t *testing.T) {
@@ -209,7 +214,6 @@ func TestWriteBatchStopsAtFirstError(t *testing.T) {
 		unix.Close(peers[0])
 		peers[0] = -1
 		batch := []*vswitch.Frame{testFrame(pool, 0, 60, vswitch.Offload{})}
-		defer releaseAll(batch)
 		n, err := p.WriteBatch(batch)
 		if n != 0 || !errors.Is(err, unix.EPIPE) {
 			t.Errorf("WriteBatch to a closed peer = %d, %v, want 0, EPIPE", n, err)
@@ -221,7 +225,6 @@ func TestWriteBatchStopsAtFirstError(t *testing.T) {
 		for i := range batch {
 			batch[i] = testFrame(pool, i, 1500, vswitch.Offload{})
 		}
-		defer releaseAll(batch)
 		start := time.Now()
 		n, err := p.WriteBatch(batch)
 		if n == 0 || n == len(batch) || !errors.Is(err, unix.EAGAIN) {
@@ -268,7 +271,6 @@ func TestCloseUnblocksReadBatch(t *testing.T) {
 		t.Errorf("ReadBatch on a closed port = %v, want ErrClosed", err)
 	}
 	f := vswitch.NewPool(vswitch.SmallBufSize).Get()
-	defer f.Release()
 	if _, err := p.WriteBatch([]*vswitch.Frame{f}); !errors.Is(err, vswitch.ErrClosed) {
 		t.Errorf("WriteBatch on a closed port = %v, want ErrClosed", err)
 	}
@@ -283,11 +285,12 @@ func TestReadWriteAllocs(t *testing.T) {
 	}
 	p, peers := newTestPort(t, 1, false)
 	pool := vswitch.NewPool(vswitch.SmallBufSize)
-	out := []*vswitch.Frame{testFrame(pool, 1, 1500, vswitch.Offload{})}
-	defer releaseAll(out)
+	out := make([]*vswitch.Frame, 1)
 	in := make([]*vswitch.Frame, 1)
 	buf := make([]byte, 2048)
 	allocs := testing.AllocsPerRun(100, func() {
+		out[0] = pool.Get()
+		out[0].SetLen(1500)
 		p.WriteBatch(out)
 		m, _ := unix.Read(peers[0], buf)
 		unix.Write(peers[0], buf[:m])
@@ -327,13 +330,15 @@ func BenchmarkWriteBatch(b *testing.B) {
 	p, peers := newTestPort(b, 1, false)
 	pool := vswitch.NewPool(vswitch.SmallBufSize)
 	batch := make([]*vswitch.Frame, 32)
-	for i := range batch {
-		batch[i] = testFrame(pool, i, 1500, vswitch.Offload{})
-	}
 	buf := make([]byte, 2048)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(batch) * 1500))
 	for b.Loop() {
+		// WriteBatch releases the frames; take fresh ones from the pool.
+		for i := range batch {
+			batch[i] = pool.Get()
+			batch[i].SetLen(1500)
+		}
 		if n, err := p.WriteBatch(batch); n != len(batch) {
 			b.Fatal(n, err)
 		}
@@ -341,5 +346,4 @@ func BenchmarkWriteBatch(b *testing.B) {
 			unix.Read(peers[0], buf)
 		}
 	}
-	releaseAll(batch)
 }

@@ -86,9 +86,15 @@ func (p *Port) ReadBatch(q int, frames []*vswitch.Frame) (int, error) {
 	}
 }
 
-// WriteBatch records copies of the frames. While the port is stalled it
-// blocks, as a peer that stopped reading would.
+// WriteBatch records copies of the frames and releases them, as the Port
+// contract asks. While the port is stalled it blocks, as a peer that stopped
+// reading would; closing a stalled port drops the batch.
 func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
+	defer func() {
+		for _, f := range frames {
+			f.Release()
+		}
+	}()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for p.stalled {
