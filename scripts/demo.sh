@@ -25,6 +25,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 cleanup() {
 	status=$?
+	set +e
 	trap - EXIT INT TERM
 	step "cleaning up"
 	[ -n "$iperf_pid" ] && kill "$iperf_pid" 2>/dev/null

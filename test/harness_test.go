@@ -41,14 +41,35 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl")
+	// The daemon runs under the race detector: these tests are its only
+	// run with real devices, traffic and API calls at once.
+	cmd := exec.Command("go", "build", "-race", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
 		return 1
 	}
 	binDir = dir
-	return m.Run()
+	code := m.Run()
+	if left := leftoverNetNS(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: namespaces left behind: %v\n", left)
+		return 1
+	}
+	return code
+}
+
+// leftoverNetNS lists the namespaces this test process created and did not
+// remove (testutil.NewNetNS names them tsw-test-PID-...).
+func leftoverNetNS() []string {
+	entries, _ := os.ReadDir("/var/run/netns")
+	prefix := fmt.Sprintf("tsw-test-%d-", os.Getpid())
+	var left []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			left = append(left, e.Name())
+		}
+	}
+	return left
 }
 
 // daemonProc is a tapswitchd started by a test.
