@@ -7,7 +7,7 @@ BIN     := bin
 # Packages with goroutines of their own run under the race detector.
 UNIT    := ./switch/... ./tap/... ./daemon/... ./internal/... ./cmd/...
 
-.PHONY: all build test unit e2e demo deps install clean fuzz
+.PHONY: all build test demo deps install clean fuzz
 
 all: build
 

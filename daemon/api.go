@@ -45,7 +45,15 @@ func (d *Daemon) handler() http.Handler {
 // Stats returns the switch's counters.
 func (d *Daemon) Stats() Stats {
 	ports := d.sw.Stats()
-	st := Stats{Pods: len(d.Pods()), Ports: ports}
+	d.mu.Lock()
+	pods := 0
+	for _, e := range d.pods {
+		if e.state == podReady {
+			pods++
+		}
+	}
+	d.mu.Unlock()
+	st := Stats{Pods: pods, Ports: ports}
 	for _, p := range ports {
 		st.FDBEntries += p.FDBEntries
 	}

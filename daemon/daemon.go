@@ -62,12 +62,21 @@ type Daemon struct {
 	msrv    *http.Server // on MetricsAddr, if set
 }
 
-// podEntry is a pod in the registry. While ready is false the pod is being
-// attached or detached and only its ID is reserved.
+// podEntry is a pod in the registry.
 type podEntry struct {
 	Pod
-	ready bool
+	state podState
 }
+
+// podState is where a pod is in its life. Pending states are saved too, so
+// a restart can finish what a crash interrupted.
+type podState string
+
+const (
+	podAdding   podState = "adding"   // reserved; its TAP may exist
+	podReady    podState = ""         // attached, or detached after a failure
+	podDeleting podState = "deleting" // its TAP may still exist
+)
 
 // New validates opts, loads the saved pods, re-attaches their TAPs and
 // returns a daemon that is not yet serving.

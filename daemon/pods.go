@@ -4,13 +4,16 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
+	"tapswitch/internal/netnsutil"
 	vswitch "tapswitch/switch"
 	"tapswitch/tap"
 )
@@ -35,32 +38,17 @@ func validateRequest(req *PodRequest) error {
 	if req.IfName == "" {
 		req.IfName = DefaultIfName
 	}
-	if err := ValidIfName(req.IfName); err != nil {
+	if err := tap.ValidName(req.IfName); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if req.NetNS == "" {
-		return fmt.Errorf("%w: netns path is required", ErrInvalid)
+	if !filepath.IsAbs(req.NetNS) {
+		return fmt.Errorf("%w: netns path %q: want an absolute path such as /var/run/netns/NAME", ErrInvalid, req.NetNS)
 	}
-	if _, err := os.Stat(req.NetNS); err != nil {
-		return fmt.Errorf("%w: netns %s: %v", ErrInvalid, req.NetNS, errors.Unwrap(err))
+	h, err := netnsutil.Open(req.NetNS)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	return nil
-}
-
-// ValidIfName reports whether name can name a Linux network device, by the
-// kernel's rules (dev_valid_name in net/core/dev.c) less ':', which marks
-// an alias.
-func ValidIfName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("interface name is empty")
-	case len(name) > 15:
-		return fmt.Errorf("interface name %q is longer than 15 bytes", name)
-	case name == "." || name == "..":
-		return fmt.Errorf("interface name %q is not allowed", name)
-	case strings.ContainsAny(name, "/: \t\n\r\v\f\x00"):
-		return fmt.Errorf("interface name %q contains '/', ':' or white space", name)
-	}
+	h.Close()
 	return nil
 }
 
@@ -75,7 +63,9 @@ func podMAC(id, ifname string) vswitch.MAC {
 }
 
 // AddPod creates the pod's TAP inside its netns, gives it addresses and
-// attaches it to the switch. On any failure nothing of it is left.
+// attaches it to the switch. The pod is on disk as pending before its TAP
+// exists, so a crash at any point is undone on the next start. On any
+// failure nothing of it is left.
 func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
 	if err := validateRequest(&req); err != nil {
 		return Pod{}, err
@@ -84,55 +74,25 @@ func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
 	if err := d.reserve(&pod); err != nil {
 		return Pod{}, err
 	}
-	attached := false
-	defer func() {
-		if !attached {
-			d.unreserve(pod)
-		}
-	}()
-
-	port, err := tap.Create(tap.Config{
-		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
-		Addrs: pod.IPs, Gateway: pod.Gateways[0], Logger: d.log.With("pod", pod.ID),
-	})
+	pod, err := d.create(pod)
 	if err != nil {
-		if errors.Is(err, tap.ErrExists) {
-			return Pod{}, fmt.Errorf("%w: %w", ErrConflict, err)
-		}
+		d.unreserve(pod)
 		return Pod{}, err
 	}
-	defer func() {
-		if !attached {
-			if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
-				d.log.Error("cleanup of failed attach", "pod", pod.ID, "err", err)
-			}
-		}
-	}()
-	if pod.PortID, err = d.attach(pod, port); err != nil {
-		return Pod{}, err
-	}
-	pod.Created = time.Now().UTC().Truncate(time.Second)
-
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.pods[pod.ID] = &podEntry{Pod: pod, ready: true}
-	if err := d.saveLocked(); err != nil {
-		d.pods[pod.ID].ready = false
-		d.sw.RemovePort(pod.PortID)
-		return Pod{}, err
-	}
-	attached = true
 	d.log.Info("pod attached", "pod", pod.ID, "netns", pod.NetNS, "ifname", pod.IfName, "mac", pod.MAC, "ips", pod.IPs)
 	return pod, nil
 }
 
 // reserve claims the pod's ID and addresses, filling in pod.IPs and
-// pod.Gateways.
+// pod.Gateways, and records the pod on disk as a pending add.
 func (d *Daemon) reserve(pod *Pod) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.pods[pod.ID]; ok {
-		return fmt.Errorf("%w: pod %s is already attached", ErrConflict, pod.ID)
+	if e, ok := d.pods[pod.ID]; ok {
+		if e.state == podReady {
+			return fmt.Errorf("%w: pod %s is already attached", ErrConflict, pod.ID)
+		}
+		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, pod.ID)
 	}
 	ip4, err := d.v4.allocate(pod.ID)
 	if err != nil {
@@ -149,16 +109,59 @@ func (d *Daemon) reserve(pod *Pod) error {
 		pod.IPs = append(pod.IPs, ip6)
 		pod.Gateways = append(pod.Gateways, d.v6.gateway)
 	}
-	d.pods[pod.ID] = &podEntry{Pod: Pod{ID: pod.ID}}
+	d.pods[pod.ID] = &podEntry{Pod: *pod, state: podAdding}
+	if err := d.saveLocked(); err != nil {
+		d.releaseLocked(*pod)
+		delete(d.pods, pod.ID)
+		return err
+	}
 	return nil
 }
 
-// unreserve undoes reserve.
+// create makes the pod's TAP, attaches it and records the pod as ready.
+// On failure it undoes what it made; the reservation stays the caller's.
+func (d *Daemon) create(pod Pod) (Pod, error) {
+	port, err := tap.Create(tap.Config{
+		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
+		Addrs: pod.IPs, Gateways: pod.Gateways, Logger: d.log.With("pod", pod.ID),
+	})
+	if errors.Is(err, tap.ErrExists) {
+		return pod, fmt.Errorf("%w: %w", ErrConflict, err)
+	}
+	if err != nil {
+		return pod, err
+	}
+	if pod.PortID, err = d.attach(pod, port); err != nil {
+		d.deleteTAP(pod)
+		return pod, err
+	}
+	pod.Created = time.Now().UTC().Truncate(time.Second)
+
+	d.mu.Lock()
+	e := d.pods[pod.ID]
+	e.Pod, e.state = pod, podReady
+	err = d.saveLocked()
+	if err != nil {
+		e.state = podAdding
+	}
+	d.mu.Unlock()
+	if err != nil {
+		d.detach(pod)
+		d.deleteTAP(pod)
+	}
+	return pod, err
+}
+
+// unreserve forgets a pod whose add failed and releases its addresses.
 func (d *Daemon) unreserve(pod Pod) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.releaseLocked(pod)
 	delete(d.pods, pod.ID)
+	if err := d.saveLocked(); err != nil {
+		// The pending add stays on disk; the next start removes it.
+		d.log.Error("forget failed pod add", "pod", pod.ID, "err", err)
+	}
 }
 
 func (d *Daemon) releaseLocked(pod Pod) {
@@ -171,7 +174,7 @@ func (d *Daemon) releaseLocked(pod Pod) {
 	}
 }
 
-// attach adds port to the switch and binds the pod's IPv4 address for the
+// attach adds port to the switch and binds the pod's addresses for the
 // ARP responder. On failure the port is closed.
 func (d *Daemon) attach(pod Pod, port vswitch.Port) (vswitch.PortID, error) {
 	id, err := d.sw.AddPort(port)
@@ -181,16 +184,36 @@ func (d *Daemon) attach(pod Pod, port vswitch.Port) (vswitch.PortID, error) {
 	}
 	for _, p := range pod.IPs {
 		if err := d.sw.Bind(vswitch.Binding{IP: p.Addr(), MAC: pod.MAC, Port: id}); err != nil {
-			d.sw.RemovePort(id)
+			pod.PortID = id
+			d.detach(pod)
 			return 0, fmt.Errorf("attach pod %s: %w", pod.ID, err)
 		}
 	}
 	return id, nil
 }
 
+// detach removes the pod's port from the switch, if it has one.
+func (d *Daemon) detach(pod Pod) {
+	if pod.PortID == 0 {
+		return
+	}
+	if err := d.sw.RemovePort(pod.PortID); err != nil {
+		d.log.Warn("remove port", "pod", pod.ID, "err", err)
+	}
+}
+
+// deleteTAP removes the pod's TAP on a failure path, where the first error
+// is what the caller reports.
+func (d *Daemon) deleteTAP(pod Pod) {
+	if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
+		d.log.Error("remove tap of failed attach", "pod", pod.ID, "err", err)
+	}
+}
+
 // DeletePod detaches the pod, removes its TAP and releases its addresses.
-// If the TAP cannot be removed the pod stays listed (detached) and the
-// error says why, so the delete can be retried.
+// The pod is on disk as a pending delete first, so a crash half-way is
+// finished on the next start. If the TAP cannot be removed the pod stays
+// listed (detached) and the error says why, so the delete can be retried.
 func (d *Daemon) DeletePod(id string) error {
 	d.mu.Lock()
 	e, ok := d.pods[id]
@@ -198,23 +221,26 @@ func (d *Daemon) DeletePod(id string) error {
 	case !ok:
 		d.mu.Unlock()
 		return fmt.Errorf("%w: pod %s", ErrNotFound, id)
-	case !e.ready:
+	case e.state != podReady:
 		d.mu.Unlock()
 		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, id)
 	}
-	e.ready = false
+	e.state = podDeleting
+	if err := d.saveLocked(); err != nil {
+		e.state = podReady
+		d.mu.Unlock()
+		return err
+	}
 	pod := e.Pod
 	d.mu.Unlock()
 
-	if pod.PortID != 0 {
-		if err := d.sw.RemovePort(pod.PortID); err != nil {
-			d.log.Warn("remove port", "pod", id, "err", err)
-		}
-	}
+	d.detach(pod)
 	if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
 		d.mu.Lock()
-		e.PortID, e.ready = 0, true
-		d.saveLocked()
+		e.PortID, e.state = 0, podReady
+		if serr := d.saveLocked(); serr != nil {
+			err = errors.Join(err, serr)
+		}
 		d.mu.Unlock()
 		return fmt.Errorf("delete pod %s: %w", id, err)
 	}
@@ -233,7 +259,7 @@ func (d *Daemon) Pods() []Pod {
 	defer d.mu.Unlock()
 	out := make([]Pod, 0, len(d.pods))
 	for _, e := range d.pods {
-		if e.ready {
+		if e.state == podReady {
 			out = append(out, e.Pod)
 		}
 	}
@@ -246,27 +272,27 @@ func (d *Daemon) PodByID(id string) (Pod, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e, ok := d.pods[id]
-	if !ok || !e.ready {
+	if !ok || e.state != podReady {
 		return Pod{}, fmt.Errorf("%w: pod %s", ErrNotFound, id)
 	}
 	return e.Pod, nil
 }
 
-// saveLocked writes the ready pods to the state file. d.mu is held.
+// saveLocked writes every pod, pending ones with their state, to the state
+// file. d.mu is held.
 func (d *Daemon) saveLocked() error {
-	pods := make([]Pod, 0, len(d.pods))
+	pods := make([]savedPod, 0, len(d.pods))
 	for _, e := range d.pods {
-		if e.ready {
-			pods = append(pods, e.Pod)
-		}
+		pods = append(pods, savedPod{Pod: e.Pod, State: e.state})
 	}
-	slices.SortFunc(pods, func(a, b Pod) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(pods, func(a, b savedPod) int { return strings.Compare(a.ID, b.ID) })
 	return d.state.save(pods)
 }
 
 // restore re-attaches the pods of the state file: their TAPs persisted
-// while the daemon was down. A pod whose netns or TAP is gone is forgotten
-// and its addresses released.
+// while the daemon was down. An add or delete a crash cut short is undone
+// or finished; a pod whose netns or TAP is gone is forgotten and its
+// addresses released.
 func (d *Daemon) restore() error {
 	saved, err := d.state.load()
 	if err != nil {
@@ -274,13 +300,18 @@ func (d *Daemon) restore() error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, pod := range saved {
+	for _, sp := range saved {
+		pod := sp.Pod
 		if err := d.reserveSavedLocked(pod); err != nil {
 			return fmt.Errorf("state file %s: %w", d.state.path, err)
 		}
 		pod.PortID = 0
-		d.pods[pod.ID] = &podEntry{Pod: pod, ready: true}
-		if _, err := os.Stat(pod.NetNS); err != nil {
+		d.pods[pod.ID] = &podEntry{Pod: pod, state: podReady}
+		if sp.State != podReady {
+			d.finishLocked(pod, sp.State)
+			continue
+		}
+		if _, err := os.Stat(pod.NetNS); errors.Is(err, fs.ErrNotExist) {
 			d.forgetLocked(pod, "netns is gone")
 			continue
 		}
@@ -289,17 +320,28 @@ func (d *Daemon) restore() error {
 			d.forgetLocked(pod, "tap device is gone")
 			continue
 		}
+		if err == nil {
+			pod.PortID, err = d.attach(pod, port)
+		}
 		if err != nil {
-			d.log.Error("re-attach pod, it stays detached until deleted", "pod", pod.ID, "err", err)
+			d.log.Error("re-attach pod; it stays detached until deleted", "pod", pod.ID, "err", err)
 			continue
 		}
-		if d.pods[pod.ID].PortID, err = d.attach(pod, port); err != nil {
-			d.log.Error("re-attach pod, it stays detached until deleted", "pod", pod.ID, "err", err)
-			continue
-		}
+		d.pods[pod.ID].PortID = pod.PortID
 		d.log.Info("pod re-attached", "pod", pod.ID)
 	}
 	return d.saveLocked()
+}
+
+// finishLocked completes an add (by undoing it) or a delete that a crash
+// interrupted: the TAP goes and the pod is forgotten. If the TAP cannot be
+// removed the pod stays, detached, for a later delete.
+func (d *Daemon) finishLocked(pod Pod, state podState) {
+	if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
+		d.log.Error("finish interrupted "+string(state)+"; the pod stays detached until deleted", "pod", pod.ID, "err", err)
+		return
+	}
+	d.forgetLocked(pod, "interrupted "+string(state))
 }
 
 func (d *Daemon) reserveSavedLocked(pod Pod) error {

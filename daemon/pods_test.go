@@ -8,7 +8,8 @@ import (
 )
 
 func TestValidateRequest(t *testing.T) {
-	ns := t.TempDir() // any existing path stands in for a netns here
+	ns := "/proc/self/ns/net" // the test's own netns: valid, and changed by nothing
+	notNS := t.TempDir()
 	tests := []struct {
 		name string
 		req  PodRequest
@@ -21,7 +22,9 @@ func TestValidateRequest(t *testing.T) {
 		{"space id", PodRequest{ID: "a b", NetNS: ns}, false},
 		{"leading dash", PodRequest{ID: "-a", NetNS: ns}, false},
 		{"no netns", PodRequest{ID: "a"}, false},
-		{"missing netns", PodRequest{ID: "a", NetNS: filepath.Join(ns, "nope")}, false},
+		{"missing netns", PodRequest{ID: "a", NetNS: filepath.Join(notNS, "nope")}, false},
+		{"not a netns", PodRequest{ID: "a", NetNS: notNS}, false},
+		{"relative netns", PodRequest{ID: "a", NetNS: "proc/self/ns/net"}, false},
 		{"long ifname", PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcdef"}, false},
 		{"colon ifname", PodRequest{ID: "a", NetNS: ns, IfName: "eth0:1"}, false},
 		{"dot ifname", PodRequest{ID: "a", NetNS: ns, IfName: ".."}, false},
@@ -65,12 +68,15 @@ func TestStateRoundTripAndCorruption(t *testing.T) {
 	if pods, err := s.load(); err != nil || len(pods) != 0 {
 		t.Fatalf("load of a new state = %v, %v; want empty", pods, err)
 	}
-	want := []Pod{{ID: "a", NetNS: "/x", IfName: "eth0", MAC: podMAC("a", "eth0"), MTU: 1500}}
+	want := []savedPod{
+		{Pod: Pod{ID: "a", NetNS: "/x", IfName: "eth0", MAC: podMAC("a", "eth0"), MTU: 1500}},
+		{Pod: Pod{ID: "b", NetNS: "/y", IfName: "eth0", MAC: podMAC("b", "eth0"), MTU: 1500}, State: podDeleting},
+	}
 	if err := s.save(want); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.load()
-	if err != nil || len(got) != 1 || got[0].ID != "a" || got[0].MAC != want[0].MAC {
+	if err != nil || len(got) != 2 || got[0].ID != "a" || got[0].MAC != want[0].MAC || got[0].State != podReady || got[1].State != podDeleting {
 		t.Fatalf("load = %+v, %v; want %+v", got, err, want)
 	}
 	// A second daemon on the same folder is refused.

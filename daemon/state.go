@@ -22,8 +22,14 @@ type stateFile struct {
 
 // savedState is the file's content.
 type savedState struct {
-	Version int   `json:"version"`
-	Pods    []Pod `json:"pods"`
+	Version int        `json:"version"`
+	Pods    []savedPod `json:"pods"`
+}
+
+// savedPod is a pod and, while an add or delete is under way, which.
+type savedPod struct {
+	Pod
+	State podState `json:"state,omitempty"`
 }
 
 const stateVersion = 1
@@ -46,7 +52,7 @@ func openState(path string) (*stateFile, error) {
 
 // load returns the saved pods; none if the file does not exist yet. A file
 // that cannot be read or parsed is an error naming it, never a silent reset.
-func (s *stateFile) load() ([]Pod, error) {
+func (s *stateFile) load() ([]savedPod, error) {
 	b, err := os.ReadFile(s.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -65,7 +71,7 @@ func (s *stateFile) load() ([]Pod, error) {
 }
 
 // save replaces the file with pods, atomically.
-func (s *stateFile) save(pods []Pod) error {
+func (s *stateFile) save(pods []savedPod) error {
 	b, err := json.MarshalIndent(savedState{Version: stateVersion, Pods: pods}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("state: %w", err)

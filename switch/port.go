@@ -49,3 +49,11 @@ type Port interface {
 	// safe to call concurrently with ReadBatch and WriteBatch.
 	Close() error
 }
+
+// DropCounter is an optional interface of a Port that drops frames before
+// the switch sees them, such as a TAP read that may be truncated. Stats
+// adds its counts, by reason, to the port's drops. Drops must be safe to
+// call concurrently with the other methods.
+type DropCounter interface {
+	Drops() map[string]uint64
+}

@@ -77,6 +77,10 @@ type Switch struct {
 	closed bool
 	ports  atomic.Pointer[portTable] // immutable snapshot, read lock-free
 
+	// now is the coarse clock of the frame path, in UnixNano truncated
+	// to the second; ageLoop advances it.
+	now atomic.Int64
+
 	stop chan struct{}
 	wg   sync.WaitGroup // ageLoop
 }
@@ -111,6 +115,7 @@ func New(opts Options) *Switch {
 		stop:  make(chan struct{}),
 	}
 	s.ports.Store(&portTable{byID: map[PortID]*portState{}})
+	s.now.Store(s.coarseNow())
 	s.wg.Add(1)
 	go s.ageLoop()
 	return s
@@ -269,7 +274,7 @@ type FDBRecord struct {
 // FDB lists the learned MACs.
 func (s *Switch) FDB() []FDBRecord {
 	t := s.ports.Load()
-	entries := s.fdb.Entries(s.opts.Now().Truncate(time.Second).UnixNano())
+	entries := s.fdb.Entries(s.now.Load())
 	out := make([]FDBRecord, 0, len(entries))
 	for _, e := range entries {
 		r := FDBRecord{MAC: e.MAC, Port: e.Port, Age: e.Age}
@@ -286,10 +291,7 @@ func (s *Switch) Stats() []PortStats {
 	t := s.ports.Load()
 	out := make([]PortStats, 0, len(t.list))
 	for _, ps := range t.list {
-		st := ps.c.snapshot()
-		st.ID, st.Name = ps.id, ps.name
-		st.FDBEntries = s.fdb.PortLen(ps.id)
-		out = append(out, st)
+		out = append(out, s.snapshot(ps))
 	}
 	return out
 }
@@ -300,28 +302,47 @@ func (s *Switch) PortStats(id PortID) (PortStats, error) {
 	if !ok {
 		return PortStats{}, fmt.Errorf("vswitch: stats of port %d: %w", id, ErrNoPort)
 	}
+	return s.snapshot(ps), nil
+}
+
+func (s *Switch) snapshot(ps *portState) PortStats {
 	st := ps.c.snapshot()
 	st.ID, st.Name = ps.id, ps.name
 	st.FDBEntries = s.fdb.PortLen(ps.id)
-	return st, nil
+	if dc, ok := ps.port.(DropCounter); ok {
+		for reason, n := range dc.Drops() {
+			st.Drops[reason] += n
+		}
+	}
+	return st
 }
 
-// ageLoop removes expired FDB entries. Lookups already ignore them; this
-// only returns their memory and their place under the limits.
+// coarseNow reads the clock to the second, the resolution of the FDB.
+func (s *Switch) coarseNow() int64 { return s.opts.Now().Truncate(time.Second).UnixNano() }
+
+// ageLoop advances the coarse clock the frame path reads, once a second,
+// and removes expired FDB entries. Lookups already ignore those; removing
+// them only returns their memory and their place under the limits.
 func (s *Switch) ageLoop() {
 	defer s.wg.Done()
 	every := min(max(s.opts.AgingTime/10, time.Second), 30*time.Second)
-	tick := time.NewTicker(every)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	lastSweep := s.now.Load()
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-tick.C:
-			// The same coarse clock as learning and lookups use.
-			if n := s.fdb.Expire(s.opts.Now().Truncate(time.Second).UnixNano()); n > 0 {
-				s.log.Debug("fdb entries expired", "count", n)
-			}
+		}
+		now := s.coarseNow()
+		s.now.Store(now)
+		if time.Duration(now-lastSweep) < every {
+			continue
+		}
+		lastSweep = now
+		if n := s.fdb.Expire(now); n > 0 {
+			s.log.Debug("fdb entries expired", "count", n)
 		}
 	}
 }

@@ -506,6 +506,7 @@ func TestAging(t *testing.T) {
 		check("fresh", true)
 
 		time.Sleep(aging / 2)
+		synctest.Wait() // the clock's tick at aging/2 has run
 		// Port 0 learned hostMAC(0) when it sent; the host is older.
 		for _, r := range sw.FDB() {
 			if r.MAC == host && r.Age != aging/2 {
@@ -740,5 +741,44 @@ func TestFramesReleasedOnce(t *testing.T) {
 			t.Fatalf("pool.Get() returned frame %p twice: it was released twice", f)
 		}
 		seen[f] = true
+	}
+}
+
+// droppingPort is a port that drops frames itself, as a TAP does with a
+// truncated read, and says so through vswitch.DropCounter.
+type droppingPort struct {
+	*porttest.Port
+}
+
+func (droppingPort) Drops() map[string]uint64 { return map[string]uint64{"rx_short": 3, "too_big": 1} }
+
+func TestPortDropsMergedIntoStats(t *testing.T) {
+	sw := vswitch.New(vswitch.Options{})
+	defer sw.Close()
+	a := porttest.New("a")
+	id, err := sw.AddPort(droppingPort{a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Inject(make([]byte, 5)) // a runt, which the switch counts itself
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := sw.PortStats(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Drops["runt"] == 1 {
+			if st.Drops["rx_short"] != 3 || st.Drops["too_big"] != 1 {
+				t.Errorf("Drops = %v, want the port's rx_short=3 and too_big=1 merged in", st.Drops)
+			}
+			if all := sw.Stats(); len(all) != 1 || all[0].Drops["rx_short"] != 3 {
+				t.Errorf("Stats() = %+v, want the port's own drops too", all)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("runt never counted: %v", st.Drops)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -27,9 +27,10 @@ type Config struct {
 	MAC      vswitch.MAC    // required, set on the device
 	MTU      int            // default 1500
 	Addrs    []netip.Prefix // addresses to assign, e.g. 10.244.0.2/24 (may be empty)
-	// Gateway, if valid, is the next hop of the default route (IPv4 or
-	// IPv6). The route is added onlink when no address's prefix holds it.
-	Gateway netip.Addr
+	// Gateways are the next hops of the default routes, at most one IPv4
+	// and one IPv6. A route is added onlink when no address's prefix
+	// holds its gateway.
+	Gateways []netip.Addr
 	// Queues is the number of receive queues (default 1). The device is
 	// always multiqueue, so a later Open may attach a different number.
 	Queues int
@@ -68,7 +69,7 @@ func (cfg Config) withDefaults(open bool) (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := validName(cfg.Name); err != nil {
+	if err := ValidName(cfg.Name); err != nil {
 		return cfg, err
 	}
 	switch {
@@ -82,8 +83,20 @@ func (cfg Config) withDefaults(open bool) (Config, error) {
 		return cfg, fmt.Errorf("tap: %s: %d queues, want 1 to %d", cfg.Name, cfg.Queues, maxQueues)
 	case cfg.MTU != 0 && (cfg.MTU < minMTU || cfg.MTU > maxMTU(cfg.Offloads)):
 		return cfg, fmt.Errorf("tap: %s: mtu %d, want %d to %d", cfg.Name, cfg.MTU, minMTU, maxMTU(cfg.Offloads))
-	case cfg.Gateway.IsValid() && (cfg.Gateway.Is4In6() || cfg.Gateway.Zone() != ""):
-		return cfg, fmt.Errorf("tap: %s: gateway %s: want a plain IPv4 or IPv6 address", cfg.Name, cfg.Gateway)
+	}
+	var v4, v6 int
+	for _, gw := range cfg.Gateways {
+		if !gw.IsValid() || gw.Is4In6() || gw.Zone() != "" {
+			return cfg, fmt.Errorf("tap: %s: gateway %s: want a plain IPv4 or IPv6 address", cfg.Name, gw)
+		}
+		if gw.Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if v4 > 1 || v6 > 1 {
+		return cfg, fmt.Errorf("tap: %s: gateways %v: want at most one IPv4 and one IPv6", cfg.Name, cfg.Gateways)
 	}
 	for _, a := range cfg.Addrs {
 		if !a.IsValid() || a.Addr().Is4In6() || a.Addr().Zone() != "" {
@@ -107,8 +120,9 @@ func bufSize(offloads bool) int {
 	return vswitch.SmallBufSize
 }
 
-// validName applies the kernel's dev_valid_name (net/core/dev.c).
-func validName(name string) error {
+// ValidName reports whether name can name a network device, by the
+// kernel's dev_valid_name (net/core/dev.c) less ':', which marks an alias.
+func ValidName(name string) error {
 	switch {
 	case name == "" || name == "." || name == "..":
 		return fmt.Errorf("tap: invalid interface name %q", name)

@@ -27,8 +27,8 @@ func TestValidName(t *testing.T) {
 		{"eth\x000", false},
 		{"eth\u00a00", false}, // no-break space
 	} {
-		if err := validName(tt.name); (err == nil) != tt.ok {
-			t.Errorf("validName(%q) = %v, want ok %v", tt.name, err, tt.ok)
+		if err := ValidName(tt.name); (err == nil) != tt.ok {
+			t.Errorf("ValidName(%q) = %v, want ok %v", tt.name, err, tt.ok)
 		}
 	}
 }
@@ -59,7 +59,8 @@ func TestWithDefaults(t *testing.T) {
 		{"big mtu", Config{NetNS: "/x", MAC: mac, MTU: 9202}, "mtu 9202"},
 		{"queues", Config{NetNS: "/x", MAC: mac, Queues: 257}, "257 queues"},
 		{"bad address", Config{NetNS: "/x", MAC: mac, Addrs: []netip.Prefix{{}}}, "bad address"},
-		{"mapped gateway", Config{NetNS: "/x", MAC: mac, Gateway: netip.MustParseAddr("::ffff:10.0.0.1")}, "gateway"},
+		{"two v4 gateways", Config{NetNS: "/x", MAC: mac, Gateways: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")}}, "at most one"},
+		{"mapped gateway", Config{NetNS: "/x", MAC: mac, Gateways: []netip.Addr{netip.MustParseAddr("::ffff:10.0.0.1")}}, "gateway"},
 	} {
 		_, err := tt.cfg.withDefaults(false)
 		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "tap: ") {

@@ -148,7 +148,7 @@ func checkLink(h *netlink.Handle, cfg *Config) (netlink.Link, error) {
 // returns nil if the netns or the device is already gone, and an error if
 // name is a device of another kind.
 func Delete(netnsPath, name string) error {
-	if err := validName(name); err != nil {
+	if err := ValidName(name); err != nil {
 		return err
 	}
 	h, err := newHandle(netnsPath)
@@ -177,7 +177,7 @@ func Delete(netnsPath, name string) error {
 // at netnsPath. A netns path that does not exist holds no device: false,
 // nil.
 func Exists(netnsPath, name string) (bool, error) {
-	if err := validName(name); err != nil {
+	if err := ValidName(name); err != nil {
 		return false, err
 	}
 	h, err := newHandle(netnsPath)

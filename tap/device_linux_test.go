@@ -66,12 +66,12 @@ func TestCreateOpenDelete(t *testing.T) {
 	ns := testutil.NewNetNS(t)
 	x := 1 + rand.IntN(250)
 	cfg := Config{
-		NetNS:   ns,
-		MAC:     tapMAC,
-		MTU:     1400,
-		Addrs:   []netip.Prefix{netip.PrefixFrom(testSubnet(x, 2), 24)},
-		Gateway: testSubnet(x, 1),
-		Queues:  2,
+		NetNS:    ns,
+		MAC:      tapMAC,
+		MTU:      1400,
+		Addrs:    []netip.Prefix{netip.PrefixFrom(testSubnet(x, 2), 24)},
+		Gateways: []netip.Addr{testSubnet(x, 1)},
+		Queues:   2,
 	}
 	p := create(t, cfg)
 	if p.Queues() != 2 || p.Caps() != (vswitch.Caps{MaxFrame: 1414}) || p.Name() != "eth0" {
@@ -158,23 +158,24 @@ func verifyLink(t *testing.T, h *netlink.Handle, cfg Config) {
 	}
 	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
 		ones, _ := r.Dst.Mask.Size()
-		return ones == 0 && r.Gw.Equal(cfg.Gateway.AsSlice())
+		return ones == 0 && r.Gw.Equal(cfg.Gateways[0].AsSlice())
 	}) {
-		t.Errorf("routes = %v, want default via %s", routes, cfg.Gateway)
+		t.Errorf("routes = %v, want default via %s", routes, cfg.Gateways[0])
 	}
 }
 
 // TestCreateIPv6Onlink creates a device whose gateway is outside its
-// prefixes, so the route needs onlink, with IPv6 addresses that skip DAD.
+// prefixes, so the routes need onlink, with IPv6 addresses that skip DAD,
+// and one default route per family.
 func TestCreateIPv6Onlink(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
 	cfg := Config{
-		NetNS:   ns,
-		Name:    "pod0",
-		MAC:     tapMAC,
-		Addrs:   []netip.Prefix{netip.MustParsePrefix("10.250.0.9/32"), netip.MustParsePrefix("fd00:250::9/64")},
-		Gateway: netip.MustParseAddr("fd00:251::1"),
+		NetNS:    ns,
+		Name:     "pod0",
+		MAC:      tapMAC,
+		Addrs:    []netip.Prefix{netip.MustParsePrefix("10.250.0.9/32"), netip.MustParsePrefix("fd00:250::9/64")},
+		Gateways: []netip.Addr{netip.MustParseAddr("10.250.0.1"), netip.MustParseAddr("fd00:251::1")},
 	}
 	create(t, cfg)
 	h := nsHandle(t, ns)
@@ -190,9 +191,17 @@ func TestCreateIPv6Onlink(t *testing.T) {
 	}
 	routes, _ := h.RouteList(link, netlink.FAMILY_V6)
 	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
-		return r.Gw.Equal(cfg.Gateway.AsSlice()) && r.Flags&int(netlink.FLAG_ONLINK) != 0
+		return r.Gw.Equal(cfg.Gateways[1].AsSlice()) && r.Flags&int(netlink.FLAG_ONLINK) != 0
 	}) {
-		t.Errorf("v6 routes = %v, want default via %s onlink", routes, cfg.Gateway)
+		t.Errorf("v6 routes = %v, want default via %s onlink", routes, cfg.Gateways[1])
+	}
+	// Dual stack: the IPv4 default route is there too, onlink as well,
+	// since 10.250.0.9/32 does not hold its gateway.
+	routes4, _ := h.RouteList(link, netlink.FAMILY_V4)
+	if !slices.ContainsFunc(routes4, func(r netlink.Route) bool {
+		return r.Gw.Equal(cfg.Gateways[0].AsSlice()) && r.Flags&int(netlink.FLAG_ONLINK) != 0
+	}) {
+		t.Errorf("v4 routes = %v, want default via %s onlink", routes4, cfg.Gateways[0])
 	}
 }
 

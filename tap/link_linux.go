@@ -33,17 +33,16 @@ func configureLink(h *netlink.Handle, link netlink.Link, cfg Config) error {
 	if err := h.LinkSetUp(link); err != nil {
 		return cfg.errorf("set link up on", err)
 	}
-	if !cfg.Gateway.IsValid() {
-		return nil
-	}
-	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
-	if !onSubnet(cfg.Gateway, cfg.Addrs) {
-		// No address's prefix holds the gateway (say a /32 pod address):
-		// tell the kernel it is on the link anyway.
-		route.Flags = int(netlink.FLAG_ONLINK)
-	}
-	if err := h.RouteAdd(route); err != nil {
-		return cfg.errorf(fmt.Sprintf("add default route via %s to", cfg.Gateway), err)
+	for _, gw := range cfg.Gateways {
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+		if !onSubnet(gw, cfg.Addrs) {
+			// No address's prefix holds the gateway (say a /32 pod
+			// address): tell the kernel it is on the link anyway.
+			route.Flags = int(netlink.FLAG_ONLINK)
+		}
+		if err := h.RouteAdd(route); err != nil {
+			return cfg.errorf(fmt.Sprintf("add default route via %s to", gw), err)
+		}
 	}
 	return nil
 }

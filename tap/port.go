@@ -9,7 +9,10 @@ import (
 	vswitch "tapswitch/switch"
 )
 
-var _ vswitch.Port = (*Port)(nil)
+var (
+	_ vswitch.Port        = (*Port)(nil)
+	_ vswitch.DropCounter = (*Port)(nil)
+)
 
 // Port is a vswitch.Port over the queue fds of one TAP device. Each queue
 // has its own ReadBatch caller (one goroutine per queue, as the switch
@@ -66,6 +69,19 @@ func (p *Port) Caps() vswitch.Caps { return p.caps }
 
 // Queues returns the number of receive queues.
 func (p *Port) Queues() int { return len(p.queues) }
+
+// Drops returns the drop counters that are not zero, by reason, for the
+// switch's statistics (vswitch.DropCounter).
+func (p *Port) Drops() map[string]uint64 {
+	st := p.Stats()
+	m := make(map[string]uint64, 3)
+	for reason, n := range map[string]uint64{"rx_short": st.RxShort, "rx_truncated": st.RxTooLong, "rx_bad_vnet_header": st.RxBadHeader} {
+		if n != 0 {
+			m[reason] = n
+		}
+	}
+	return m
+}
 
 // Stats returns a snapshot of the drop counters.
 func (p *Port) Stats() Stats {

@@ -63,7 +63,8 @@ func (p *Port) ReadBatch(q int, frames []*vswitch.Frame) (int, error) {
 	qu.frames, qu.err = nil, nil
 	switch {
 	case n > 0:
-		// A read error after some frames comes back on the next call.
+		// A read error after some frames is not returned: a lasting
+		// one (a device gone) recurs on the next call.
 		return n, nil
 	case p.closed.Load():
 		return 0, fmt.Errorf("tap: read %s: %w", p.name, vswitch.ErrClosed)

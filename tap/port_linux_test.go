@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -129,6 +130,10 @@ func TestReadBatchDropsBadFrames(t *testing.T) {
 	releaseAll(frames[:n])
 	if got, want := p.Stats(), (Stats{RxShort: 1, RxTooLong: 1, RxBadHeader: 1}); got != want {
 		t.Errorf("Stats() = %+v, want %+v", got, want)
+	}
+	want := map[string]uint64{"rx_short": 1, "rx_truncated": 1, "rx_bad_vnet_header": 1}
+	if got := p.Drops(); !maps.Equal(got, want) {
+		t.Errorf("Drops() = %v, want %v", got, want)
 	}
 }
 

@@ -183,6 +183,7 @@ func TestCLIErrors(t *testing.T) {
 		want string
 	}{
 		{"missing netns", "pod add", []string{"--id", "x1", "--netns", "/var/run/netns/tsw-does-not-exist"}, "does-not-exist"},
+		{"not a netns", "pod add", []string{"--id", "x4", "--netns", "/etc/hostname"}, "not a network namespace"},
 		{"duplicate id", "pod add", []string{"--id", "dup", "--netns", ns2}, "already attached"},
 		{"bad id", "pod add", []string{"--id", "a/b", "--netns", ns2}, "pod id"},
 		{"bad ifname", "pod add", []string{"--id", "x2", "--netns", ns2, "--ifname", "way-too-long-name0"}, "longer than 15"},

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -23,7 +24,12 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 		if *id == "" || *netns == "" {
 			return fmt.Errorf("%w: pod add needs --id and --netns", errUsage)
 		}
-		pod, err := c.AddPod(ctx, daemon.PodRequest{ID: *id, NetNS: *netns, IfName: *ifname})
+		// The daemon resolves paths from its own working directory.
+		path, err := filepath.Abs(*netns)
+		if err != nil {
+			return err
+		}
+		pod, err := c.AddPod(ctx, daemon.PodRequest{ID: *id, NetNS: path, IfName: *ifname})
 		if err != nil {
 			return err
 		}
