@@ -281,3 +281,15 @@ func TestPodsJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestDualStackPing(t *testing.T) {
+	testutil.RequireRoot(t)
+	d := startDaemon(t, "", "--pod-cidr", "10.251.8.0/24", "--pod-cidr6", "fd00:7a5::/64")
+	a, b := addPod(t, d, "ds-a"), addPod(t, d, "ds-b")
+	if len(b.IPs) != 2 || !b.IPs[1].Addr().Is6() || len(b.Gateways) != 2 {
+		t.Fatalf("pod b = %v via %v, want an IPv4 and an IPv6 address and gateway", b.IPs, b.Gateways)
+	}
+	mustPing(t, a, b.addr())
+	mustPing(t, a, b.IPs[1].Addr()) // neighbour discovery is flooded between pods
+	mustPing(t, b, a.IPs[1].Addr())
+}
