@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"tapswitch/internal/testutil"
 	vswitch "tapswitch/switch"
 	"tapswitch/switch/porttest"
 )
@@ -49,7 +50,7 @@ func newTestSwitch(t *testing.T, opts vswitch.Options, ports ...*porttest.Port) 
 		if err := ts.sw.Close(); err != nil {
 			t.Errorf("Close() = %v, want nil", err)
 		}
-		checkGoroutines(t, before)
+		testutil.WaitGoroutines(t, before)
 	})
 	for _, p := range ports {
 		id, err := ts.sw.AddPort(p)
@@ -68,25 +69,6 @@ func newPorts(n int) []*porttest.Port {
 		ps[i] = porttest.New(fmt.Sprintf("p%d", i))
 	}
 	return ps
-}
-
-// checkGoroutines fails the test if the number of goroutines does not come
-// back to before within waitTime.
-func checkGoroutines(t *testing.T, before int) {
-	t.Helper()
-	deadline := time.Now().Add(waitTime)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("NumGoroutine() = %d, want <= %d (leak)\n%s", n, before, buf)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // inject sends frames into the switch from port index i.

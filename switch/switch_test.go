@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"tapswitch/internal/testutil"
 	vswitch "tapswitch/switch"
 	"tapswitch/switch/porttest"
 )
@@ -306,7 +307,7 @@ func TestRemovePort(t *testing.T) {
 	}
 	ts.ports, ts.ids = ts.ports[:2], ts.ids[:2]
 
-	checkGoroutines(t, goroutines)
+	testutil.WaitGoroutines(t, goroutines)
 	for _, r := range ts.sw.FDB() {
 		if r.Port == id {
 			t.Errorf("FDB() has %v on removed port %d", r.MAC, id)
@@ -549,7 +550,7 @@ func TestClose(t *testing.T) {
 	if err := sw.Close(); err != nil {
 		t.Errorf("Close() = %v, want nil", err)
 	}
-	checkGoroutines(t, before)
+	testutil.WaitGoroutines(t, before)
 
 	if err := sw.Close(); err != nil {
 		t.Errorf("second Close() = %v, want nil", err)

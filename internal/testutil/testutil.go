@@ -69,17 +69,22 @@ func NewNetNS(t testing.TB) string {
 func CheckGoroutines(t testing.TB) {
 	t.Helper()
 	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutines leaked: %d running, %d before\n%s",
-					runtime.NumGoroutine(), before, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
+	t.Cleanup(func() { WaitGoroutines(t, before) })
+}
+
+// WaitGoroutines fails t, printing every stack, unless the number of
+// goroutines comes down to before within a few seconds.
+func WaitGoroutines(t testing.TB, before int) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Errorf("goroutines leaked: %d running, %d before\n%s",
+				runtime.NumGoroutine(), before, buf)
+			return
 		}
-	})
+		time.Sleep(5 * time.Millisecond)
+	}
 }
