@@ -151,12 +151,12 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	d.srv = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
-	go func() { errc <- d.srv.Serve(ln) }()
+	go serveLoop(d.srv, ln, errc)
 	if mln != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", d.metrics)
 		d.msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { errc <- d.msrv.Serve(mln) }()
+		go serveLoop(d.msrv, mln, errc)
 		d.log.Info("serving metrics", "addr", mln.Addr())
 	}
 	d.log.Info("serving", "socket", d.opts.Socket, "pod_cidr", d.opts.PodCIDR, "pod_cidr6", d.opts.PodCIDR6, "state_dir", d.opts.StateDir)
@@ -175,6 +175,11 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		err = shutErr
 	}
 	return errors.Join(err, d.Close())
+}
+
+// serveLoop serves srv on ln until Shutdown, then reports why it ended.
+func serveLoop(srv *http.Server, ln net.Listener, errc chan<- error) {
+	errc <- srv.Serve(ln)
 }
 
 // Close stops the switch and closes every TAP fd. It does not remove
