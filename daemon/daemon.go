@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -31,6 +32,13 @@ type Options struct {
 	StateDir string
 	Socket   string
 	MTU      int
+	// NoOffloads turns TSO/checksum offload off on new pod TAPs: the
+	// pods' kernels then segment and checksum before the switch sees a
+	// frame. Offloads are on by default.
+	NoOffloads bool
+	// Queues is the number of receive queues of each new pod TAP
+	// (default: the number of CPUs, at most 4).
+	Queues int
 	// MetricsAddr, if set, is a TCP address to serve /metrics on, besides
 	// the unix socket.
 	MetricsAddr string
@@ -95,6 +103,12 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.MTU < 576 || opts.MTU > 9000 {
 		return nil, fmt.Errorf("mtu %d: want 576 to 9000", opts.MTU)
+	}
+	if opts.Queues == 0 {
+		opts.Queues = min(runtime.NumCPU(), 4)
+	}
+	if opts.Queues < 1 || opts.Queues > 16 {
+		return nil, fmt.Errorf("queues %d: want 1 to 16", opts.Queues)
 	}
 	d := &Daemon{opts: opts, log: opts.Logger, pods: make(map[string]*podEntry)}
 	var err error

@@ -70,7 +70,13 @@ func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
 	if err := validateRequest(&req); err != nil {
 		return Pod{}, err
 	}
-	pod := Pod{ID: req.ID, NetNS: req.NetNS, IfName: req.IfName, MAC: podMAC(req.ID, req.IfName), MTU: d.opts.MTU, Port: req.ID}
+	pod := Pod{
+		ID: req.ID, NetNS: req.NetNS, IfName: req.IfName, MAC: podMAC(req.ID, req.IfName), Port: req.ID,
+		MTU: d.opts.MTU, Offloads: !d.opts.NoOffloads, Queues: d.opts.Queues,
+	}
+	if req.Offloads != nil {
+		pod.Offloads = *req.Offloads
+	}
 	if err := d.reserve(&pod); err != nil {
 		return Pod{}, err
 	}
@@ -123,7 +129,8 @@ func (d *Daemon) reserve(pod *Pod) error {
 func (d *Daemon) create(pod Pod) (Pod, error) {
 	port, err := tap.Create(tap.Config{
 		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
-		Addrs: pod.IPs, Gateways: pod.Gateways, Logger: d.log.With("pod", pod.ID),
+		Addrs: pod.IPs, Gateways: pod.Gateways, Offloads: pod.Offloads, Queues: pod.Queues,
+		Logger: d.log.With("pod", pod.ID),
 	})
 	if errors.Is(err, tap.ErrExists) {
 		return pod, fmt.Errorf("%w: %w", ErrConflict, err)
@@ -315,7 +322,10 @@ func (d *Daemon) restore() error {
 			d.forgetLocked(pod, "netns is gone")
 			continue
 		}
-		port, err := tap.Open(tap.Config{NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU, Logger: d.log.With("pod", pod.ID)})
+		port, err := tap.Open(tap.Config{
+			NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
+			Offloads: pod.Offloads, Queues: max(pod.Queues, 1), Logger: d.log.With("pod", pod.ID),
+		})
 		if errors.Is(err, tap.ErrNotFound) {
 			d.forgetLocked(pod, "tap device is gone")
 			continue

@@ -14,6 +14,9 @@ type PodRequest struct {
 	ID     string `json:"id"`
 	NetNS  string `json:"netns"`
 	IfName string `json:"ifname,omitempty"`
+	// Offloads, if set, overrides the daemon's offload setting for this
+	// pod's TAP.
+	Offloads *bool `json:"offloads,omitempty"`
 }
 
 // Pod is an attached pod.
@@ -25,6 +28,8 @@ type Pod struct {
 	IPs      []netip.Prefix `json:"ips"`
 	Gateways []netip.Addr   `json:"gateways"`
 	MTU      int            `json:"mtu"`
+	Offloads bool           `json:"offloads"`
+	Queues   int            `json:"queues"`
 	Port     string         `json:"port"`
 	PortID   vswitch.PortID `json:"port_id"`
 	Created  time.Time      `json:"created"`

@@ -20,6 +20,7 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 	id := fs.String("id", "", "pod `id` (required)")
 	netns := fs.String("netns", "", "`path` of the pod's network namespace, e.g. /var/run/netns/NAME (required)")
 	ifname := fs.String("ifname", daemon.DefaultIfName, "interface `name` inside the netns")
+	noOffloads := fs.Bool("no-offloads", false, "turn TSO and checksum offload off on this pod's TAP")
 	return func(ctx context.Context, c *daemon.Client, out output) error {
 		if *id == "" || *netns == "" {
 			return fmt.Errorf("%w: pod add needs --id and --netns", errUsage)
@@ -29,7 +30,12 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
-		pod, err := c.AddPod(ctx, daemon.PodRequest{ID: *id, NetNS: path, IfName: *ifname})
+		req := daemon.PodRequest{ID: *id, NetNS: path, IfName: *ifname}
+		if *noOffloads {
+			off := false
+			req.Offloads = &off
+		}
+		pod, err := c.AddPod(ctx, req)
 		if err != nil {
 			return err
 		}

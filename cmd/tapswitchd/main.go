@@ -37,6 +37,8 @@ func run(args []string) error {
 		stateDir  = fs.String("state-dir", daemon.DefaultStateDir, "`dir`ectory of the daemon's state")
 		socket    = fs.String("socket", daemon.DefaultSocket, "`path` of the API's unix socket")
 		mtu       = fs.Int("mtu", daemon.DefaultMTU, "MTU of the pod interfaces")
+		noOffload = fs.Bool("no-offloads", false, "turn TSO and checksum offload off on new pod TAPs (the pods' kernels segment instead)")
+		queues    = fs.Int("queues", 0, "receive queues per pod TAP (default: CPUs, at most 4)")
 		metrics   = fs.String("metrics-addr", "", "TCP `address` to serve Prometheus metrics on, e.g. 127.0.0.1:9650 (off when empty; /metrics is always on the socket)")
 		aging     = fs.Duration("fdb-aging", 300*time.Second, "how long a learned MAC lives without traffic")
 		fdbSize   = fs.Int("fdb-size", 65536, "most MACs the switch learns")
@@ -62,6 +64,8 @@ func run(args []string) error {
 		Socket:      *socket,
 		MTU:         *mtu,
 		MetricsAddr: *metrics,
+		NoOffloads:  *noOffload,
+		Queues:      *queues,
 		Logger:      log,
 		Switch:      vswitch.Options{AgingTime: *aging, FDBSize: *fdbSize, FDBPortLimit: *fdbPort},
 	}
