@@ -10,11 +10,12 @@ import (
 func (s *Switch) readLoop(ps *portState, q int) {
 	defer ps.wg.Done()
 	frames := make([]*Frame, s.opts.BatchSize)
+	h := new(handoff)
 	var backoff time.Duration
 	for {
 		n, err := ps.port.ReadBatch(q, frames)
 		if n > 0 {
-			s.Forward(ps.id, frames[:n])
+			s.forwardBatch(ps, frames[:n], h)
 			clear(frames[:n])
 		}
 		if err == nil {
@@ -67,26 +68,36 @@ func (s *Switch) writeLoop(ps *portState) {
 				break fill
 			}
 		}
-		// WriteBatch releases the frames, so take their lengths first.
-		for _, f := range batch {
-			lens = append(lens, f.Len())
-		}
-		s.write(ps, batch, lens)
+		ps.wmu.Lock()
+		s.write(ps, batch, &lens)
+		ps.pending.Add(-int64(len(batch)))
+		ps.wmu.Unlock()
 		clear(batch)
-		batch, lens = batch[:0], lens[:0]
+		batch = batch[:0]
 	}
 }
 
 // write hands batch to the port, whose WriteBatch takes ownership of every
-// frame and releases it, sent or not. lens holds the frames' lengths. The
-// port sent the first n frames; the others are dropped and counted. They
-// are not retried: they are already back in their pool.
-func (s *Switch) write(ps *portState, batch []*Frame, lens []int) {
-	n, _ := ps.port.WriteBatch(batch)
-	n = min(max(n, 0), len(batch))
+// frame and releases it, sent or not. The port sent the first n frames;
+// the others are dropped and counted, not retried: they are already back
+// in their pool. lens is scratch space for the frames' lengths. The caller
+// holds ps.wmu.
+func (s *Switch) write(ps *portState, batch []*Frame, lens *[]int) {
+	// WriteBatch releases the frames, so take their lengths first.
+	l := (*lens)[:0]
+	for _, f := range batch {
+		l = append(l, f.Len())
+	}
+	*lens = l
+	n, err := ps.port.WriteBatch(batch)
+	if n < 0 || n > len(batch) {
+		// A port bug: count the whole batch as failed rather than guess.
+		s.log.Error("port wrote an impossible count", "port", ps.name, "n", n, "batch", len(batch), "err", err)
+		n = 0
+	}
 	var bytes uint64
-	for _, l := range lens[:n] {
-		bytes += uint64(l)
+	for _, b := range l[:n] {
+		bytes += uint64(b)
 	}
 	ps.c.txFrames.Add(uint64(n))
 	ps.c.txBytes.Add(bytes)
@@ -96,37 +107,47 @@ func (s *Switch) write(ps *portState, batch []*Frame, lens []int) {
 }
 
 // Forward switches frames that arrived on port in, as a port's reader does.
-// It takes ownership of every frame: each one is queued on its destination
+// It takes ownership of every frame: each one is handed to its destination
 // ports or released. Frames from a port that is not attached are released.
 func (s *Switch) Forward(in PortID, frames []*Frame) {
-	t := s.ports.Load()
-	ps, ok := t.byID[in]
+	ps, ok := s.ports.Load().byID[in]
 	if !ok {
 		for _, f := range frames {
 			f.Release()
 		}
 		return
 	}
-	// Count before forwarding: once a frame is queued it may be written
-	// and its buffer reused, and a reader of Stats who saw it arrive
-	// expects it counted.
+	h := s.handoffs.Get().(*handoff)
+	s.forwardBatch(ps, frames, h)
+	s.handoffs.Put(h)
+}
+
+// forwardBatch forwards a batch from port in: it decides each frame's
+// destinations, collects the frames by destination in h, and hands each
+// destination its share at the end.
+func (s *Switch) forwardBatch(in *portState, frames []*Frame, h *handoff) {
+	t := s.ports.Load()
+	// Count before forwarding: once a frame is handed over it may be
+	// written and its buffer reused, and a reader of Stats who saw it
+	// arrive expects it counted.
 	var bytes uint64
 	for _, f := range frames {
 		bytes += uint64(f.Len())
 	}
-	ps.c.rxFrames.Add(uint64(len(frames)))
-	ps.c.rxBytes.Add(bytes)
+	in.c.rxFrames.Add(uint64(len(frames)))
+	in.c.rxBytes.Add(bytes)
 	// The coarse clock: reading the real one costs more than forwarding a
 	// frame on some virtual machines, and FDB refreshes then write their
 	// entry at most once a second.
 	now := s.now.Load()
 	for _, f := range frames {
-		s.forward(t, ps, f, now)
+		s.forward(t, in, f, now, h)
 	}
+	s.flush(h)
 }
 
 // forward decides where one frame goes and sends it there.
-func (s *Switch) forward(t *portTable, in *portState, f *Frame, now int64) {
+func (s *Switch) forward(t *portTable, in *portState, f *Frame, now int64, h *handoff) {
 	b := f.Bytes()
 	if len(b) < EtherHdrLen {
 		s.drop(in, f, DropRunt)
@@ -147,7 +168,7 @@ func (s *Switch) forward(t *portTable, in *portState, f *Frame, now int64) {
 	}
 	if e.Type() == EtherTypeARP {
 		if bd, ok := s.binds.arpReplyTo(e, in.id); ok {
-			s.replyARP(in, e, bd)
+			s.replyARP(in, e, bd, h)
 			f.Release()
 			return
 		}
@@ -160,17 +181,20 @@ func (s *Switch) forward(t *portTable, in *portState, f *Frame, now int64) {
 				return
 			}
 			if out, ok := t.byID[id]; ok {
-				s.send(out, f)
+				s.send(out, f, h)
 				return
 			}
 		}
 	}
-	s.flood(t, in, f)
+	s.flood(t, in, f, h)
 }
 
 // flood sends f to every port but in: a copy to each, the original to the
-// last one.
-func (s *Switch) flood(t *portTable, in *portState, f *Frame) {
+// last one. What h holds goes first, so a flooded frame never overtakes a
+// frame of the same batch; the copies go straight out, not through h,
+// which would have to search among every port for each one.
+func (s *Switch) flood(t *portTable, in *portState, f *Frame, h *handoff) {
+	s.flush(h)
 	var last *portState
 	for _, ps := range t.list {
 		if ps == in {
@@ -180,7 +204,8 @@ func (s *Switch) flood(t *portTable, in *portState, f *Frame) {
 			// A port's own pool may hold frames larger than ours.
 			if c := s.pools.Get(f.Len()); c != nil {
 				c.CopyFrom(f) // Get sized it to fit
-				s.send(last, c)
+				s.send(last, c, h)
+				s.flush(h)
 			} else {
 				last.c.drops[DropTooBig].Add(1)
 			}
@@ -191,12 +216,13 @@ func (s *Switch) flood(t *portTable, in *portState, f *Frame) {
 		f.Release()
 		return
 	}
-	s.send(last, f)
+	s.send(last, f, h)
+	s.flush(h)
 }
 
-// send puts f on the egress queue of out, or drops it and counts why.
-// Ownership of f passes either way.
-func (s *Switch) send(out *portState, f *Frame) {
+// send checks that out can take f and adds it to h for out, or drops it
+// and counts why. Ownership of f passes either way.
+func (s *Switch) send(out *portState, f *Frame, h *handoff) {
 	if out.removed.Load() {
 		s.drop(out, f, DropPortGone)
 		return
@@ -215,11 +241,7 @@ func (s *Switch) send(out *portState, f *Frame) {
 		s.drop(out, f, DropTooBig)
 		return
 	}
-	select {
-	case out.queue <- f:
-	default:
-		s.drop(out, f, DropQueueFull)
-	}
+	h.add(out, f)
 }
 
 func (s *Switch) drop(ps *portState, f *Frame, r DropReason) {
@@ -228,9 +250,9 @@ func (s *Switch) drop(ps *portState, f *Frame, r DropReason) {
 }
 
 // replyARP answers an ARP request on the port that asked.
-func (s *Switch) replyARP(in *portState, req Ether, bd Binding) {
+func (s *Switch) replyARP(in *portState, req Ether, bd Binding, h *handoff) {
 	r := s.pools.Small.Get()
 	r.SetLen(WriteARPReply(r.ReadBuf(0), req, bd))
 	in.c.arpReplies.Add(1)
-	s.send(in, r)
+	s.send(in, r, h)
 }

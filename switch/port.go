@@ -14,6 +14,12 @@ type Caps struct {
 	// MaxFrame is the largest ordinary frame, Ethernet header included,
 	// that the port sends or receives. Larger frames are dropped.
 	MaxFrame int
+	// NonBlockingWrite means WriteBatch never waits (a TAP writes to a
+	// non-blocking fd, and the kernel takes or drops each frame at once).
+	// The switch then writes to an idle port straight from the reader
+	// that forwards the frames, saving a goroutine wake-up; other ports
+	// get every frame through their queue and writer goroutine.
+	NonBlockingWrite bool
 }
 
 // Port is one attachment of the switch: a TAP, the gateway netstack, a

@@ -81,6 +81,8 @@ type Switch struct {
 	// to the second; ageLoop advances it.
 	now atomic.Int64
 
+	handoffs sync.Pool // of *handoff, for Forward
+
 	stop chan struct{}
 	wg   sync.WaitGroup // ageLoop
 }
@@ -93,12 +95,17 @@ type portTable struct {
 
 // portState is the switch's side of one attached port.
 type portState struct {
-	id      PortID
-	port    Port
-	name    string
-	caps    Caps
-	c       counters
-	queue   chan *Frame
+	id    PortID
+	port  Port
+	name  string
+	caps  Caps
+	c     counters
+	queue chan *Frame
+	// wmu serializes WriteBatch between the writer and readers writing
+	// directly (see handoff); readers only TryLock it.
+	wmu sync.Mutex
+	// pending counts frames queued and not yet written.
+	pending atomic.Int64
 	removed atomic.Bool
 	done    chan struct{}
 	wg      sync.WaitGroup // its readLoops and writeLoop
@@ -115,6 +122,7 @@ func New(opts Options) *Switch {
 		stop:  make(chan struct{}),
 	}
 	s.ports.Store(&portTable{byID: map[PortID]*portState{}})
+	s.handoffs.New = func() any { return new(handoff) }
 	s.now.Store(s.coarseNow())
 	s.wg.Add(1)
 	go s.ageLoop()

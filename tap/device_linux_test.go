@@ -74,8 +74,8 @@ func TestCreateOpenDelete(t *testing.T) {
 		Queues:   2,
 	}
 	p := create(t, cfg)
-	if p.Queues() != 2 || p.Caps() != (vswitch.Caps{MaxFrame: 1414}) || p.Name() != "eth0" {
-		t.Errorf("port = %d queues, %+v, %q; want 2, MaxFrame 1414, eth0", p.Queues(), p.Caps(), p.Name())
+	if p.Queues() != 2 || p.Caps() != (vswitch.Caps{MaxFrame: 1414, NonBlockingWrite: true}) || p.Name() != "eth0" {
+		t.Errorf("port = %d queues, %+v, %q; want 2, MaxFrame 1414, non-blocking writes, eth0", p.Queues(), p.Caps(), p.Name())
 	}
 	h := nsHandle(t, ns)
 	verifyLink(t, h, cfg)

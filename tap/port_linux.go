@@ -18,7 +18,7 @@ import (
 func newPortFromFDs(fds []int, cfg Config) (*Port, error) {
 	p := &Port{
 		name: cfg.PortName,
-		caps: vswitch.Caps{GSO: cfg.Offloads, MaxFrame: cfg.MTU + vswitch.EtherHdrLen},
+		caps: vswitch.Caps{GSO: cfg.Offloads, MaxFrame: cfg.MTU + vswitch.EtherHdrLen, NonBlockingWrite: true},
 		pool: vswitch.NewPool(bufSize(cfg.Offloads)),
 		log:  cfg.Logger.With("port", cfg.PortName),
 	}

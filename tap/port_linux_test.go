@@ -79,7 +79,7 @@ func TestPortAccessors(t *testing.T) {
 	if p.Name() != "test0" || p.Queues() != 3 {
 		t.Errorf("Name(), Queues() = %q, %d, want test0, 3", p.Name(), p.Queues())
 	}
-	if got, want := p.Caps(), (vswitch.Caps{GSO: false, MaxFrame: 1514}); got != want {
+	if got, want := p.Caps(), (vswitch.Caps{GSO: false, MaxFrame: 1514, NonBlockingWrite: true}); got != want {
 		t.Errorf("Caps() = %+v, want %+v", got, want)
 	}
 	p2, _ := newTestPort(t, 1, true)

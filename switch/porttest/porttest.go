@@ -28,6 +28,7 @@ type Port struct {
 	written [][]byte
 	offl    []vswitch.Offload
 	stalled bool
+	delay   time.Duration // each WriteBatch takes this long
 }
 
 var _ vswitch.Port = (*Port)(nil)
@@ -105,6 +106,9 @@ func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
 		}
 		p.cond.Wait()
 	}
+	if p.delay > 0 {
+		time.Sleep(p.delay) // a syscall's worth of time, lock held
+	}
 	for _, f := range frames {
 		p.written = append(p.written, append([]byte(nil), f.Bytes()...))
 		p.offl = append(p.offl, f.Offload)
@@ -129,6 +133,14 @@ func (p *Port) Close() error {
 func (p *Port) Stall() {
 	p.mu.Lock()
 	p.stalled = true
+	p.mu.Unlock()
+}
+
+// SetWriteDelay makes every WriteBatch take d, as a write syscall takes
+// time, so that concurrent writers of the port contend.
+func (p *Port) SetWriteDelay(d time.Duration) {
+	p.mu.Lock()
+	p.delay = d
 	p.mu.Unlock()
 }
 
