@@ -7,7 +7,7 @@ BIN     := bin
 # Packages with goroutines of their own run under the race detector.
 UNIT    := ./switch/... ./tap/... ./daemon/... ./internal/... ./cmd/...
 
-.PHONY: all build test demo deps install clean fuzz
+.PHONY: all build test demo deps install clean fuzz bench bench-short bench-scale
 
 all: build
 
@@ -16,10 +16,14 @@ build:
 
 # All tests. Root-only tests run when root; in CI (CI set) they fail
 # rather than skip without root.
-test: build
+# The bench's own test runs make bench in its short mode (1 round, 2 s a
+# figure) so it cannot rot: it prints the numbers and checks their shape,
+# never their size.
+test: build deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 10m $(UNIT)
 	$(GO) test -count=1 -timeout 10m ./test/...
+	$(GO) test -v -count=1 -timeout 10m ./bench/
 
 # A longer fuzzing session of every fuzz target (not part of make test,
 # which runs their seed corpora).
@@ -32,8 +36,24 @@ fuzz:
 demo: build deps
 	./scripts/demo.sh
 
-# Debian packages the demo and the benchmarks use, installed when missing.
-DEB_DEPS := iperf3 iputils-ping
+# The benchmark (bench/): kernel bridge + veth against tapswitch, in one
+# run on this machine; prints a table and writes bench/results/latest.json.
+# Pass flags with BENCH_FLAGS, e.g. BENCH_FLAGS="-rounds 5 -duration 20s".
+# bench-short is the CI mode (1 round, 2 s per test), bench-scale the
+# figures at 200 pods (bench/results/scale.json).
+BENCH_FLAGS ?=
+bench: build deps
+	$(GO) run ./bench -go $(GO) $(BENCH_FLAGS)
+
+bench-short: build deps
+	$(GO) run ./bench -go $(GO) -short $(BENCH_FLAGS)
+
+bench-scale: build
+	$(GO) run ./bench -go $(GO) -scale $(BENCH_FLAGS)
+
+# Debian packages the demo and the benchmarks use, installed when missing
+# (ethtool: the bench records the pods' offload settings).
+DEB_DEPS := iperf3 iputils-ping ethtool
 deps:
 	@missing=""; for p in $(DEB_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

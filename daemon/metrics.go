@@ -17,7 +17,7 @@ type switchCollector struct {
 	rxFrames, rxBytes               *prometheus.Desc
 	txFrames, txBytes               *prometheus.Desc
 	drops, arpReplies, learnRefused *prometheus.Desc
-	readErrors                      *prometheus.Desc
+	readErrors, segmented           *prometheus.Desc
 }
 
 func newSwitchCollector(d *Daemon) *switchCollector {
@@ -37,11 +37,12 @@ func newSwitchCollector(d *Daemon) *switchCollector {
 		arpReplies:   desc("port_arp_replies_total", "ARP requests the switch answered on the port.", port),
 		learnRefused: desc("port_learn_refused_total", "Source MACs not learned because the FDB was full.", port),
 		readErrors:   desc("port_read_errors_total", "Failed reads from the port.", port),
+		segmented:    desc("port_segmented_total", "GSO super-frames segmented in software for the port.", port),
 	}
 }
 
 func (c *switchCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pods, c.fdb, c.rxFrames, c.rxBytes, c.txFrames, c.txBytes, c.drops, c.arpReplies, c.learnRefused, c.readErrors} {
+	for _, d := range []*prometheus.Desc{c.pods, c.fdb, c.rxFrames, c.rxBytes, c.txFrames, c.txBytes, c.drops, c.arpReplies, c.learnRefused, c.readErrors, c.segmented} {
 		ch <- d
 	}
 }
@@ -61,6 +62,7 @@ func (c *switchCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.arpReplies, p.ARPReplies, p.Name)
 		counter(c.learnRefused, p.LearnRefused, p.Name)
 		counter(c.readErrors, p.ReadErrors, p.Name)
+		counter(c.segmented, p.Segmented, p.Name)
 		for reason, v := range p.Drops {
 			counter(c.drops, v, p.Name, reason)
 		}

@@ -254,7 +254,8 @@ func TestCompleteChecksumBadOffsets(t *testing.T) {
 }
 
 // TestChecksumOffload sends a frame whose checksum is still to be done, and
-// a GSO super-frame, from a GSO port to a GSO port and an ordinary one.
+// a GSO super-frame, from a GSO port to a GSO port and an ordinary one,
+// which gets the super-frame segmented.
 func TestChecksumOffload(t *testing.T) {
 	gsoCaps := vswitch.Caps{GSO: true, MaxFrame: 65535}
 	src := porttest.NewWithCaps("src", gsoCaps)
@@ -273,8 +274,15 @@ func TestChecksumOffload(t *testing.T) {
 
 	t.Run("ordinary port gets a complete checksum", func(t *testing.T) {
 		got := ts.data(1)
-		if len(got) != 1 {
-			t.Fatalf("port plain got %s, want the UDP frame only", describe(got))
+		// The UDP frame, then the super-frame's 20000 bytes of payload as
+		// 14 segments (segment.go's own tests check their bytes).
+		if len(got) != 1+14 {
+			t.Fatalf("port plain got %s, want the UDP frame and 14 segments", describe(got))
+		}
+		for k, seg := range got[1:] {
+			if !verifyL4(seg, 6) {
+				t.Errorf("segment %d has a wrong TCP checksum", k)
+			}
 		}
 		if !verifyL4(got[0], 17) {
 			t.Errorf("port plain got a UDP frame with a wrong checksum")
@@ -282,8 +290,8 @@ func TestChecksumOffload(t *testing.T) {
 		if offl := plain.WrittenOffloads()[0]; offl.NeedsCsum {
 			t.Errorf("port plain offload = %+v, want NeedsCsum false", offl)
 		}
-		if n := ts.stats(1).Drops["no_gso"]; n != 1 {
-			t.Errorf("port plain Drops[no_gso] = %d, want 1 (the super-frame)", n)
+		if st := ts.stats(1); st.Segmented != 1 || len(st.Drops) != 0 {
+			t.Errorf("port plain Segmented = %d, Drops = %v, want 1 super-frame segmented, no drops", st.Segmented, st.Drops)
 		}
 	})
 	t.Run("GSO port gets both unchanged", func(t *testing.T) {

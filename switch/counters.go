@@ -11,7 +11,7 @@ const (
 	DropTooBig                       // ingress or egress: over the port's MaxFrame
 	DropBadSrc                       // ingress: multicast or all-zero source MAC
 	DropHairpin                      // ingress: destination is on the ingress port
-	DropNoGSO                        // egress: a GSO frame to a port that cannot take it
+	DropBadOffload                   // egress: offload metadata that cannot be carried out
 	DropQueueFull                    // egress: the port's queue is full
 	DropWriteError                   // egress: the port failed to send it
 	DropPortGone                     // egress: the port was removed in flight
@@ -23,7 +23,7 @@ var dropNames = [numDropReasons]string{
 	DropTooBig:     "too_big",
 	DropBadSrc:     "bad_src",
 	DropHairpin:    "hairpin",
-	DropNoGSO:      "no_gso",
+	DropBadOffload: "bad_offload",
 	DropQueueFull:  "queue_full",
 	DropWriteError: "write_error",
 	DropPortGone:   "port_gone",
@@ -43,6 +43,7 @@ type counters struct {
 	readErrors        atomic.Uint64
 	learnRefused      atomic.Uint64
 	arpReplies        atomic.Uint64
+	segmented         atomic.Uint64
 	drops             [numDropReasons]atomic.Uint64
 }
 
@@ -57,6 +58,7 @@ type PortStats struct {
 	ReadErrors   uint64            `json:"read_errors"`
 	LearnRefused uint64            `json:"learn_refused"`
 	ARPReplies   uint64            `json:"arp_replies"`
+	Segmented    uint64            `json:"segmented"`
 	Drops        map[string]uint64 `json:"drops"`
 	FDBEntries   int               `json:"fdb_entries"`
 }
@@ -79,6 +81,7 @@ func (c *counters) snapshot() PortStats {
 		ReadErrors:   c.readErrors.Load(),
 		LearnRefused: c.learnRefused.Load(),
 		ARPReplies:   c.arpReplies.Load(),
+		Segmented:    c.segmented.Load(),
 		Drops:        make(map[string]uint64),
 	}
 	for r := range numDropReasons {

@@ -229,11 +229,11 @@ func (s *Switch) send(out *portState, f *Frame, h *handoff) {
 	}
 	if !out.caps.GSO {
 		if f.Offload.GSOType != GSONone {
-			s.drop(out, f, DropNoGSO)
+			s.segment(out, f, h)
 			return
 		}
 		if f.Offload.NeedsCsum && !CompleteChecksum(f) {
-			s.drop(out, f, DropNoGSO)
+			s.drop(out, f, DropBadOffload)
 			return
 		}
 	}
@@ -242,6 +242,28 @@ func (s *Switch) send(out *portState, f *Frame, h *handoff) {
 		return
 	}
 	h.add(out, f)
+}
+
+// segment splits the super-frame f for out, a port without GSO, into
+// ordinary frames with complete checksums, and adds them to h. It takes
+// ownership of f.
+func (s *Switch) segment(out *portState, f *Frame, h *handoff) {
+	segs, err := Segment(h.segs[:0], f, s.pools)
+	if err != nil {
+		s.drop(out, f, DropBadOffload)
+		return
+	}
+	f.Release()
+	out.c.segmented.Add(1)
+	for i, seg := range segs {
+		if seg.Len() > out.caps.MaxFrame {
+			s.drop(out, seg, DropTooBig)
+		} else {
+			h.add(out, seg)
+		}
+		segs[i] = nil
+	}
+	h.segs = segs[:0]
 }
 
 func (s *Switch) drop(ps *portState, f *Frame, r DropReason) {

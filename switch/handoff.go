@@ -13,6 +13,7 @@ type handoff struct {
 	outs   []*portState
 	frames [][]*Frame // frames[i] go to outs[i], in order
 	lens   []int      // scratch for write
+	segs   []*Frame   // scratch for Segment
 }
 
 // add appends f to what goes to out. Batches go to few ports, so a search

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"time"
+)
+
+// benchMTU is the pod interfaces' MTU in both set-ups.
+const benchMTU = 1500
+
+// runBench builds the kernel and the tapswitch set-ups, measures both for
+// opts.rounds rounds, prints the table and writes opts.out. Whatever
+// happens, it removes everything it made before it returns.
+func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		return fmt.Errorf("iperf3 not found (make deps installs it): %w", err)
+	}
+	cl := new(cleanups)
+	defer func() { err = finish(ctx, w, cl, err) }()
+
+	progress(w, "setting up: kernel bridge + veth (namespaces %sk-*)", nsPrefix())
+	kernel, err := setupKernel(ctx, cl, benchMTU)
+	if err != nil {
+		return err
+	}
+	progress(w, "setting up: tapswitchd from %s (namespaces %st-*)", opts.binDir, nsPrefix())
+	tsw, err := setupTapswitch(ctx, cl, opts, benchMTU)
+	if err != nil {
+		return err
+	}
+	variants := []*variant{kernel, tsw}
+	for _, v := range variants {
+		if err := waitReachable(ctx, v); err != nil {
+			return err
+		}
+	}
+	e, err := collectEnv(ctx, variants)
+	if err != nil {
+		return err
+	}
+	printEnv(w, e, tsw.attached)
+
+	start := time.Now()
+	for r := range opts.rounds {
+		progress(w, "round %d of %d", r+1, opts.rounds)
+		// Alternate which set-up goes first, so a drift of the machine
+		// during a round does not always favour the same one.
+		order := variants
+		if r%2 == 1 {
+			order = []*variant{tsw, kernel}
+		}
+		for _, v := range order {
+			if err := measureRound(ctx, w, v, opts); err != nil {
+				return fmt.Errorf("round %d, %s: %w", r+1, v.name, err)
+			}
+		}
+	}
+	progress(w, "measured in %s", time.Since(start).Round(time.Second))
+
+	res := newResults(kernel, tsw, e, opts)
+	printTable(w, res)
+	if err := writeJSON(opts.out, res); err != nil {
+		return err
+	}
+	progress(w, "wrote %s", opts.out)
+	return nil
+}
+
+// finish runs the clean-ups, checks no namespace is left and returns err
+// joined with whatever went wrong there. An interrupted run says so.
+func finish(ctx context.Context, w io.Writer, cl *cleanups, err error) error {
+	if ctx.Err() != nil {
+		fmt.Fprintln(w, "bench: interrupted")
+		if !errors.Is(err, ctx.Err()) {
+			err = errors.Join(context.Cause(ctx), err)
+		}
+	}
+	progress(w, "cleaning up")
+	err = errors.Join(err, cl.run(w))
+	if left := leftoverNetNS(); len(left) > 0 {
+		err = errors.Join(err, fmt.Errorf("namespaces left behind: %v", left))
+	}
+	return err
+}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"tapswitch/internal/testutil"
+)
+
+// These tests run the harness end to end in its short mode, so make bench
+// cannot rot. They check that it finished, wrote results of the fixed
+// shape with a positive number for every figure, and removed what it
+// made. The numbers themselves are printed (go test -v), never judged.
+
+func TestShortBench(t *testing.T) {
+	testutil.RequireRoot(t)
+	requireTool(t, "iperf3")
+	bin := buildBinaries(t)
+	testutil.CheckGoroutines(t)
+	out := filepath.Join(t.TempDir(), "latest.json")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := run(ctx, []string{"-short", "-bin", bin, "-out", out}, &testLog{t: t}); err != nil {
+		t.Fatalf("bench -short: %v", err)
+	}
+	checkNothingLeft(t)
+
+	var res struct {
+		Variants map[string]map[string]float64 `json:"variants"`
+		Ratios   map[string]float64            `json:"ratios"`
+		Meta     map[string]any                `json:"meta"`
+	}
+	readJSON(t, out, &res)
+	common := []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rtt_us", "rr_us", "cpu_s_per_gb"}
+	for _, name := range []string{"kernel", "tapswitch"} {
+		v, ok := res.Variants[name]
+		if !ok {
+			t.Errorf("variants.%s missing", name)
+		}
+		checkPositive(t, "variants."+name, v, common...)
+	}
+	checkPositive(t, "variants.tapswitch", res.Variants["tapswitch"], "switch_cpu_s_per_gb")
+	checkPositive(t, "ratios", res.Ratios, common...)
+	for _, key := range []string{"kernel", "cpus", "mtu", "offloads", "rounds", "duration", "date"} {
+		if res.Meta[key] == nil || res.Meta[key] == "" {
+			t.Errorf("meta.%s = %v, want it set", key, res.Meta[key])
+		}
+	}
+}
+
+func TestShortScale(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := buildBinaries(t)
+	out := filepath.Join(t.TempDir(), "scale.json")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	args := []string{"-scale", "-short", "-pods", "20", "-bin", bin, "-scale-out", out}
+	if err := run(ctx, args, &testLog{t: t}); err != nil {
+		t.Fatalf("bench %s: %v", strings.Join(args, " "), err)
+	}
+	checkNothingLeft(t)
+
+	var res scaleResults
+	readJSON(t, out, &res)
+	if res.Pods != 20 || res.Attach.Samples != 20 || res.Detach.Samples != 20 {
+		t.Errorf("pods %d, attach samples %d, detach samples %d; want 20 each", res.Pods, res.Attach.Samples, res.Detach.Samples)
+	}
+	checkPositive(t, "scale", map[string]float64{
+		"attach.p50_ms": res.Attach.P50Ms, "attach.p99_ms": res.Attach.P99Ms,
+		"detach.p50_ms": res.Detach.P50Ms, "rss_after_bytes": float64(res.RSSAfter),
+		"fdb_lookup_ns.hit": res.FDBLookupNs["hit"],
+	}, "attach.p50_ms", "attach.p99_ms", "detach.p50_ms", "rss_after_bytes", "fdb_lookup_ns.hit")
+	if f := res.Flood; f.Skipped != "" {
+		t.Logf("flood skipped: %s", f.Skipped)
+	} else if f.SwitchRx == 0 || f.Copies == 0 {
+		t.Errorf("flood = %+v, want frames read and copies written", f)
+	}
+}
+
+// requireTool skips the test, or fails it in CI, when a program the
+// harness runs is missing; make deps installs it.
+func requireTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed (make deps)", name)
+		}
+		t.Skipf("%s not installed (make deps)", name)
+	}
+}
+
+// buildBinaries builds tapswitchd and tapswitchctl into a temporary folder
+// and returns it.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build binaries: %v\n%s", err, out)
+	}
+	return dir
+}
+
+func checkNothingLeft(t *testing.T) {
+	t.Helper()
+	if left := leftoverNetNS(); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+	if m, _ := filepath.Glob(filepath.Join(os.TempDir(), nsPrefix()+"*")); len(m) > 0 {
+		t.Errorf("temporary folders left behind: %v", m)
+	}
+}
+
+func readJSON(t *testing.T, file string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("results: %v", err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("results %s: %v\n%s", file, err, b)
+	}
+}
+
+// checkPositive fails t for every key of m that is missing or not a
+// positive finite number.
+func checkPositive(t *testing.T, where string, m map[string]float64, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		x, ok := m[k]
+		if !ok || !(x > 0) || math.IsInf(x, 0) {
+			t.Errorf("%s.%s = %v (present %v), want a positive number", where, k, x, ok)
+		}
+	}
+}
+
+// testLog writes the harness's output to the test log, line by line.
+type testLog struct {
+	t   *testing.T
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	for {
+		line, err := l.buf.ReadString('\n')
+		if err != nil {
+			l.buf.WriteString(line) // incomplete: keep for the next write
+			return len(p), nil
+		}
+		l.t.Log(strings.TrimSuffix(line, "\n"))
+	}
+}

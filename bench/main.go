@@ -1,0 +1,141 @@
+// Command bench is tapswitch's end-to-end benchmark (make bench, make
+// bench-scale). Run it as root from the repository root after make build.
+//
+// The default mode builds two identical two-pod set-ups in one run on one
+// machine and measures both with the same tools:
+//
+//   - kernel: a Linux bridge in a "node" namespace of its own, with one
+//     veth pair to each of two pod namespaces;
+//   - tapswitch: bin/tapswitchd with a private socket and state folder,
+//     attaching two pod namespaces with tapswitchctl.
+//
+// Figures: iperf3 TCP with 1 and 4 streams, UDP 64-byte datagrams per
+// second at the receiver, ping RTT p50, UDP request/response p50, and CPU
+// seconds per GB during the TCP tests. Every figure is taken -rounds times
+// and the median reported. It prints one table with the ratio
+// tapswitch/kernel of each figure and writes -out (bench/results/latest.json).
+//
+// With -scale it measures one daemon with -pods pods instead: attach time
+// per pod, daemon memory per pod, the cost of flooding a broadcast to every
+// pod, and the switch's FDB lookup benchmark; it writes -scale-out.
+//
+// Traffic goes only between namespaces the harness creates. Their names
+// start with tswb-PID-, and everything the harness makes (namespaces,
+// processes, the temporary folder) is removed when it ends, also on
+// failure, SIGINT and SIGTERM.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// options are the harness's flags.
+type options struct {
+	binDir    string
+	goCmd     string
+	rounds    int
+	duration  time.Duration
+	pings     int // ICMP echoes per round
+	rrs       int // UDP request/response exchanges per round
+	out       string
+	scale     bool
+	pods      int
+	floods    int // broadcast frames sent in the scale mode's flood test
+	floodRate int // per second
+	fdbTime   string
+	scaleOut  string
+	short     bool
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args and runs the benchmark or the scale figures, writing
+// progress and the table to w. Everything it creates is gone when it
+// returns. Cancelling ctx stops it early, cleanly.
+func run(ctx context.Context, args []string, w io.Writer) error {
+	opts, err := parseFlags(args, w)
+	if err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("run as root: the benchmark creates network namespaces and devices")
+	}
+	if opts.scale {
+		return runScale(ctx, opts, w)
+	}
+	return runBench(ctx, opts, w)
+}
+
+func parseFlags(args []string, w io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(w)
+	fs.StringVar(&o.binDir, "bin", "bin", "`dir`ectory holding tapswitchd and tapswitchctl (make build)")
+	fs.StringVar(&o.goCmd, "go", "go", "the go `command`, for the FDB benchmark of -scale")
+	fs.IntVar(&o.rounds, "rounds", 3, "times each figure is taken; the median is reported")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each iperf3 test (whole seconds)")
+	fs.IntVar(&o.pings, "pings", 1000, "ICMP echoes per round for the RTT")
+	fs.IntVar(&o.rrs, "rr", 2000, "UDP request/response exchanges per round")
+	fs.StringVar(&o.out, "out", "bench/results/latest.json", "`file` the results are written to")
+	fs.BoolVar(&o.scale, "scale", false, "measure the scale figures instead (make bench-scale)")
+	fs.IntVar(&o.pods, "pods", 200, "pods attached by -scale")
+	fs.IntVar(&o.floods, "floods", 5000, "broadcast frames sent by -scale's flood test")
+	fs.IntVar(&o.floodRate, "flood-rate", 1000, "broadcast frames per second in -scale's flood test")
+	fs.StringVar(&o.fdbTime, "fdb-benchtime", "1s", "-benchtime of -scale's FDB lookup benchmark")
+	fs.StringVar(&o.scaleOut, "scale-out", "bench/results/scale.json", "`file` the -scale results are written to")
+	fs.BoolVar(&o.short, "short", false, "CI mode: 1 round, 2 s per test, fewer pings, exchanges and floods (explicit flags still win)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q (see -h)", fs.Args())
+	}
+	if o.short {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		shorten := func(name string, apply func()) {
+			if !set[name] {
+				apply()
+			}
+		}
+		shorten("rounds", func() { o.rounds = 1 })
+		shorten("duration", func() { o.duration = 2 * time.Second })
+		shorten("pings", func() { o.pings = 200 })
+		shorten("rr", func() { o.rrs = 500 })
+		shorten("floods", func() { o.floods = 1000 })
+		shorten("fdb-benchtime", func() { o.fdbTime = "100ms" })
+	}
+	switch {
+	case o.rounds < 1:
+		return o, fmt.Errorf("-rounds %d: want at least 1", o.rounds)
+	case o.duration < time.Second:
+		return o, fmt.Errorf("-duration %s: want at least 1s", o.duration)
+	case o.pings < 10 || o.rrs < 10:
+		return o, fmt.Errorf("-pings %d, -rr %d: want at least 10 each", o.pings, o.rrs)
+	case o.pods < 2 || o.pods > 500:
+		return o, fmt.Errorf("-pods %d: want 2 to 500 (the scale pod cidr is a /23)", o.pods)
+	case o.floods < 1 || o.floodRate < 1:
+		return o, fmt.Errorf("-floods %d, -flood-rate %d: want at least 1 each", o.floods, o.floodRate)
+	}
+	return o, nil
+}
+
+// progress prints one timestamped progress line.
+func progress(w io.Writer, format string, args ...any) {
+	fmt.Fprintf(w, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// results is bench/results/latest.json. Its top level is a fixed interface
+// (DESIGN.md): variants.kernel and variants.tapswitch with the medians of
+// each figure, ratios with tapswitch/kernel of each figure both have, and
+// meta with what the numbers depend on.
+type results struct {
+	Variants map[string]map[string]float64 `json:"variants"`
+	Ratios   map[string]float64            `json:"ratios"`
+	Meta     resultsMeta                   `json:"meta"`
+}
+
+type resultsMeta struct {
+	Date     string `json:"date"`
+	Rounds   int    `json:"rounds"`
+	Duration string `json:"duration"` // of each iperf3 test
+	Pings    int    `json:"pings"`    // per round
+	RR       int    `json:"rr"`       // request/response exchanges per round
+	env
+	// TapswitchPods is what tapswitchctl pod add answered, with the
+	// offloads and queues fields when the daemon reports them.
+	TapswitchPods []attachedPod `json:"tapswitch_pods"`
+	// LowerIsBetter lists the figures, and so ratios, where less wins.
+	LowerIsBetter []string                        `json:"lower_is_better"`
+	Notes         []string                        `json:"notes"`
+	Samples       map[string]map[string][]float64 `json:"samples"` // variant → figure → rounds
+}
+
+var resultNotes = []string{
+	"every figure is the median of the rounds; ratios are tapswitch/kernel, so for the lower_is_better figures a ratio under 1 favours tapswitch",
+	"udp64_kpps: 64-byte UDP payloads received per second by iperf3 -u -b 0 (receiver's count: sent less lost)",
+	"rtt_us: ICMP echo round trip, one at a time; rr_us: 32-byte UDP request and echo, one at a time; both p50",
+	"cpu_s_per_gb: busy CPU time of the whole machine (/proc/stat) during the two TCP tests, per GB the receiver got, for both variants; the kernel bridge has no process of its own, so its work is only in this figure",
+	"switch_cpu_s_per_gb: tapswitchd's utime+stime (/proc/PID/stat) over the same tests; it includes the receiving pod's kernel stack, which runs inside the daemon's TAP writes",
+}
+
+// newResults gathers the medians, ratios and meta of a finished run.
+func newResults(kernel, tsw *variant, e env, opts options) results {
+	res := results{
+		Variants: map[string]map[string]float64{kernel.name: kernel.medians(), tsw.name: tsw.medians()},
+		Ratios:   make(map[string]float64),
+		Meta: resultsMeta{
+			Date:          time.Now().UTC().Format(time.RFC3339),
+			Rounds:        opts.rounds,
+			Duration:      opts.duration.String(),
+			Pings:         opts.pings,
+			RR:            opts.rrs,
+			env:           e,
+			TapswitchPods: tsw.attached,
+			Notes:         resultNotes,
+			Samples:       map[string]map[string][]float64{kernel.name: kernel.samples, tsw.name: tsw.samples},
+		},
+	}
+	k, t := res.Variants[kernel.name], res.Variants[tsw.name]
+	for _, f := range figures {
+		if f.lowerBetter {
+			res.Meta.LowerIsBetter = append(res.Meta.LowerIsBetter, f.key)
+		}
+		kv, ok1 := k[f.key]
+		tv, ok2 := t[f.key]
+		if ok1 && ok2 && kv > 0 {
+			res.Ratios[f.key] = tv / kv
+		}
+	}
+	return res
+}
+
+// printEnv prints what the numbers depend on, before the rounds start.
+func printEnv(w io.Writer, e env, pods []attachedPod) {
+	fmt.Fprintf(w, "\nkernel %s, %d CPUs (%s), MTU %d, %s\n", e.Kernel, e.CPUs, e.CPUModel, e.MTU, e.Iperf3)
+	for _, name := range slices.Sorted(maps.Keys(e.Offloads)) {
+		fmt.Fprintf(w, "offloads %-9s %s\n", name, formatOffloads(e.Offloads[name]))
+	}
+	for _, p := range pods {
+		var parts []string
+		if p.Offloads != nil {
+			parts = append(parts, fmt.Sprintf("offloads %v", *p.Offloads))
+		}
+		if p.Queues != nil {
+			parts = append(parts, fmt.Sprintf("queues %d", *p.Queues))
+		}
+		if len(parts) > 0 {
+			fmt.Fprintf(w, "tapswitch pod %s: %s\n", p.ID, strings.Join(parts, ", "))
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+func formatOffloads(m map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+" "+m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// printTable prints one row per figure: the medians of both variants and
+// the ratio tapswitch/kernel.
+func printTable(w io.Writer, res results) {
+	k, t := res.Variants["kernel"], res.Variants["tapswitch"]
+	fmt.Fprintf(w, "\nmedians of %d round(s), %s per iperf3 test\n", res.Meta.Rounds, res.Meta.Duration)
+	const row = "%-32s %10s %10s %17s  %s\n"
+	fmt.Fprintf(w, row, "figure", "kernel", "tapswitch", "tapswitch/kernel", "better")
+	cell := func(m map[string]float64, f figure) string {
+		if x, ok := m[f.key]; ok {
+			return fmt.Sprintf(f.format, x)
+		}
+		return "-"
+	}
+	for _, f := range figures {
+		ratio := "-"
+		if r, ok := res.Ratios[f.key]; ok {
+			ratio = fmt.Sprintf("%.2f", r)
+		}
+		better := "higher"
+		if f.lowerBetter {
+			better = "lower"
+		}
+		fmt.Fprintf(w, row, f.label, cell(k, f), cell(t, f), ratio, better)
+	}
+	fmt.Fprintln(w, "cpu: whole machine's busy CPU for both; switch process: tapswitchd only (the kernel bridge has none)")
+}
+
+// writeJSON writes v, indented, to file through a temporary file in the
+// same folder, so a reader never sees half a file.
+func writeJSON(file string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// Tests of the harness's pure helpers; they need no root.
+
+func TestPercentile(t *testing.T) {
+	ds := []time.Duration{5, 1, 4, 2, 3, 10, 9, 8, 7, 6}
+	tests := []struct {
+		p    float64
+		want time.Duration
+	}{{0, 1}, {10, 1}, {50, 5}, {51, 6}, {99, 10}, {100, 10}}
+	for _, tt := range tests {
+		if got := percentile(ds, tt.p); got != tt.want {
+			t.Errorf("percentile(1..10, %v) = %v, want %v", tt.p, got, tt.want)
+		}
+	}
+	if got := percentile(nil, 50); got != 0 {
+		t.Errorf("percentile(nil, 50) = %v, want 0", got)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		xs   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}}
+	for _, tt := range tests {
+		if got := median(tt.xs); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.xs, got, tt.want)
+		}
+	}
+}
+
+func TestAddresses(t *testing.T) {
+	tests := []struct{ prefix, last string }{
+		{"10.253.4.7/23", "10.253.5.255"},
+		{"10.253.2.3/24", "10.253.2.255"},
+		{"192.168.0.1/30", "192.168.0.3"},
+	}
+	for _, tt := range tests {
+		if got := lastAddr(netip.MustParsePrefix(tt.prefix)); got.String() != tt.last {
+			t.Errorf("lastAddr(%s) = %s, want %s", tt.prefix, got, tt.last)
+		}
+	}
+	if got := hostInSubnet(kernelSubnet, 3).String(); got != "10.253.1.3/24" {
+		t.Errorf("hostInSubnet(%s, 3) = %s, want 10.253.1.3/24", kernelSubnet, got)
+	}
+}
+
+func TestBenchLine(t *testing.T) {
+	tests := []struct {
+		line, sub, ns string
+	}{
+		{"BenchmarkFDBLookup/hit-2         \t 2286403\t        52.41 ns/op\t       0 B/op\t       0 allocs/op", "hit", "52.41"},
+		{"BenchmarkFDBLookup/miss    50000000    20.1 ns/op", "miss", "20.1"},
+		{"BenchmarkFlood/2ports-2  100  30 ns/op", "", ""},
+	}
+	for _, tt := range tests {
+		m := benchLine.FindStringSubmatch(tt.line)
+		switch {
+		case tt.sub == "" && m != nil:
+			t.Errorf("benchLine matched %q: %q", tt.line, m)
+		case tt.sub != "" && (m == nil || m[1] != tt.sub || m[2] != tt.ns):
+			t.Errorf("benchLine on %q = %q, want %s and %s", tt.line, m, tt.sub, tt.ns)
+		}
+	}
+}
+
+func TestNewResultsRatios(t *testing.T) {
+	k := &variant{name: "kernel"}
+	ts := &variant{name: "tapswitch"}
+	for _, x := range []float64{10, 12, 11} {
+		k.add("tcp1_gbps", x)
+		ts.add("tcp1_gbps", x/2)
+	}
+	k.add("rtt_us", 10)
+	ts.add("rtt_us", 25)
+	ts.add("switch_cpu_s_per_gb", 0.3)
+	res := newResults(k, ts, env{}, options{rounds: 3, duration: time.Second})
+	if got := res.Ratios["tcp1_gbps"]; got != 0.5 {
+		t.Errorf("ratio tcp1_gbps = %v, want 0.5 (medians 5.5/11)", got)
+	}
+	if got := res.Ratios["rtt_us"]; got != 2.5 {
+		t.Errorf("ratio rtt_us = %v, want 2.5", got)
+	}
+	if _, ok := res.Ratios["switch_cpu_s_per_gb"]; ok {
+		t.Errorf("ratio switch_cpu_s_per_gb present, want none: the kernel has no switch process")
+	}
+}
