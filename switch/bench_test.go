@@ -95,6 +95,11 @@ func (p *memPort) waitFrames(n uint64) {
 // memSwitch is a switch with n memPorts; port 0 is the ingress, and every
 // other port i has hostMAC(i) learned on it.
 func memSwitch(tb testing.TB, n int) (*vswitch.Switch, []*memPort, []vswitch.PortID) {
+	return memSwitchCaps(tb, n, vswitch.Caps{MaxFrame: 1514})
+}
+
+// memSwitchCaps is memSwitch with ports of the given capabilities.
+func memSwitchCaps(tb testing.TB, n int, caps vswitch.Caps) (*vswitch.Switch, []*memPort, []vswitch.PortID) {
 	tb.Helper()
 	sw := vswitch.New(vswitch.Options{})
 	tb.Cleanup(func() { sw.Close() })
@@ -102,7 +107,7 @@ func memSwitch(tb testing.TB, n int) (*vswitch.Switch, []*memPort, []vswitch.Por
 	ids := make([]vswitch.PortID, n)
 	pool := vswitch.NewPool(vswitch.SmallBufSize)
 	for i := range ports {
-		ports[i] = newMemPort(fmt.Sprintf("m%d", i), vswitch.Caps{MaxFrame: 1514})
+		ports[i] = newMemPort(fmt.Sprintf("m%d", i), caps)
 		id, err := sw.AddPort(ports[i])
 		if err != nil {
 			tb.Fatal(err)
@@ -159,6 +164,29 @@ func BenchmarkForwardDecision(b *testing.B) {
 				if n++; n%pace == 0 {
 					ports[1].waitFrames(base + uint64(n))
 				}
+			}
+			reportDrops(b, sw, n)
+		})
+	}
+}
+
+// BenchmarkForwardDirect is BenchmarkForwardDecision to a port that takes
+// direct writes, as a TAP does: the reader writes the frame itself, so
+// the figure is the forwarding decision plus the port's write, with no
+// queue and no other goroutine.
+func BenchmarkForwardDirect(b *testing.B) {
+	for _, size := range []int{60, 1514} {
+		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
+			sw, _, ids := memSwitchCaps(b, 2, vswitch.Caps{MaxFrame: 1514, NonBlockingWrite: true})
+			pool := vswitch.NewPool(vswitch.SmallBufSize)
+			frame := frameOfLen(hostMAC(1), hostMAC(0), size)
+			batch := make([]*vswitch.Frame, 1)
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			n := 0
+			for b.Loop() {
+				forwardOne(sw, ids[0], pool, batch, frame)
+				n++
 			}
 			reportDrops(b, sw, n)
 		})

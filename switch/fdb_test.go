@@ -276,3 +276,50 @@ func TestFDBConcurrent(t *testing.T) {
 		t.Errorf("Len() = %d, want the sum of PortLen %d and <= %d", n, sum, macs/2)
 	}
 }
+
+// TestFDBRecentBeforePublish learns more MACs than one publish batch holds,
+// so some are found in the not-yet-published map, some in the table, and
+// all of them in the table after Publish.
+func TestFDBRecentBeforePublish(t *testing.T) {
+	const n = 1000
+	d := vswitch.NewFDB(2*n, 2*n, 10*time.Second)
+	for i := range n {
+		if err := d.Learn(fdbMAC(i), vswitch.PortID(1+i%3), sec(1)); err != nil {
+			t.Fatalf("Learn(%d) = %v", i, err)
+		}
+		// Each MAC is found at once, wherever it is kept.
+		if port, ok := d.Lookup(fdbMAC(i), sec(1)); !ok || port != vswitch.PortID(1+i%3) {
+			t.Fatalf("Lookup(%d) right after Learn = %d, %v; want %d, true", i, port, ok, 1+i%3)
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		if got := d.Len(); got != n {
+			t.Errorf("%s: Len() = %d, want %d", when, got, n)
+		}
+		for i := range n {
+			if port, ok := d.Lookup(fdbMAC(i), sec(2)); !ok || port != vswitch.PortID(1+i%3) {
+				t.Fatalf("%s: Lookup(%d) = %d, %v; want %d, true", when, i, port, ok, 1+i%3)
+			}
+		}
+		if got := d.PortLen(1); got != (n+2)/3 {
+			t.Errorf("%s: PortLen(1) = %d, want %d", when, got, (n+2)/3)
+		}
+	}
+	check("before Publish")
+	d.Publish()
+	check("after Publish")
+	// A move of a published MAC is seen at once, without a publish.
+	if err := d.Learn(fdbMAC(0), 3, sec(3)); err != nil {
+		t.Fatal(err)
+	}
+	if port, _ := d.Lookup(fdbMAC(0), sec(3)); port != 3 {
+		t.Errorf("Lookup after a move = %d, want 3", port)
+	}
+	if got := d.Expire(sec(20)); got != n {
+		t.Errorf("Expire after the aging time = %d, want %d", got, n)
+	}
+	if got := d.Len(); got != 0 {
+		t.Errorf("Len() after Expire = %d, want 0", got)
+	}
+}

@@ -329,7 +329,8 @@ func (s *Switch) snapshot(ps *portState) PortStats {
 func (s *Switch) coarseNow() int64 { return s.opts.Now().Truncate(time.Second).UnixNano() }
 
 // ageLoop advances the coarse clock the frame path reads, once a second,
-// and removes expired FDB entries. Lookups already ignore those; removing
+// folds newly learned MACs into the FDB's lock-free table, and removes
+// expired FDB entries. Lookups already ignore those; removing
 // them only returns their memory and their place under the limits.
 func (s *Switch) ageLoop() {
 	defer s.wg.Done()
@@ -345,6 +346,7 @@ func (s *Switch) ageLoop() {
 		}
 		now := s.coarseNow()
 		s.now.Store(now)
+		s.fdb.Publish()
 		if time.Duration(now-lastSweep) < every {
 			continue
 		}
