@@ -2,6 +2,7 @@ package vswitch
 
 import (
 	"errors"
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -35,7 +36,7 @@ type FDB struct {
 	table   atomic.Pointer[map[macKey]*fdbEntry] // immutable once published
 	nRecent atomic.Int32                         // len(recent), read without mu
 
-	mu      sync.Mutex // guards recent, perPort and publishing table
+	mu      sync.RWMutex // guards recent, perPort and publishing table
 	recent  map[macKey]*fdbEntry
 	perPort map[PortID]int
 }
@@ -87,13 +88,15 @@ func (d *FDB) find(mac MAC) *fdbEntry {
 	if d.nRecent.Load() == 0 {
 		return nil
 	}
-	d.mu.Lock()
-	e := d.recent[k]
-	d.mu.Unlock()
+	// Under the read lock, and with the table loaded again: a publish
+	// may have moved the MAC from recent into a new table meanwhile.
+	d.mu.RLock()
+	e := d.findLocked(mac)
+	d.mu.RUnlock()
 	return e
 }
 
-// findLocked is find for a caller holding mu.
+// findLocked is find for a caller holding mu, for reading or writing.
 func (d *FDB) findLocked(mac MAC) *fdbEntry {
 	k := keyOf(mac)
 	if e := (*d.table.Load())[k]; e != nil {
@@ -134,7 +137,11 @@ func (d *FDB) Learn(mac MAC, port PortID, now int64) error {
 		// full and the MAC cannot be learned there.
 		d.dec(PortID(e.port.Load()))
 		if d.perPort[port] >= d.maxPerPort {
-			d.rebuildLocked(func(k macKey, _ *fdbEntry) bool { return k != keyOf(mac) })
+			// Leave the entry dead in place, with no port and expired,
+			// rather than copy the table: the next Expire removes it,
+			// and a Learn of the MAC revives it.
+			e.port.Store(0)
+			e.seen.Store(deadSeen)
 			return ErrPortFDBFull
 		}
 		e.port.Store(uint32(port))
@@ -160,7 +167,14 @@ func (d *FDB) Learn(mac MAC, port PortID, now int64) error {
 	return nil
 }
 
+// deadSeen is the last-seen time of a dead entry: long expired, yet far
+// enough from the minimum that now-deadSeen cannot overflow.
+const deadSeen = math.MinInt64 / 2
+
 func (d *FDB) dec(port PortID) {
+	if port == 0 {
+		return // a dead entry, already counted off
+	}
 	if d.perPort[port]--; d.perPort[port] <= 0 {
 		delete(d.perPort, port)
 	}
@@ -240,21 +254,21 @@ func (d *FDB) Flush(port PortID) int {
 
 // Len returns the number of entries, expired ones not yet removed included.
 func (d *FDB) Len() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	return len(*d.table.Load()) + len(d.recent)
 }
 
 // PortLen returns the number of entries of one port.
 func (d *FDB) PortLen(port PortID) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	return d.perPort[port]
 }
 
 // Entries lists the live entries sorted by port, then MAC.
 func (d *FDB) Entries(now int64) []FDBEntry {
-	d.mu.Lock()
+	d.mu.RLock()
 	var out []FDBEntry
 	for _, m := range []map[macKey]*fdbEntry{*d.table.Load(), d.recent} {
 		for k, e := range m {
@@ -265,7 +279,7 @@ func (d *FDB) Entries(now int64) []FDBEntry {
 			out = append(out, FDBEntry{MAC: k.mac(), Port: PortID(e.port.Load()), Age: time.Duration(max(age, 0))})
 		}
 	}
-	d.mu.Unlock()
+	d.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Port != out[j].Port {
 			return out[i].Port < out[j].Port

@@ -169,8 +169,15 @@ func TestFDB(t *testing.T) {
 			learn(a, 1, 0, nil), learn(b, 2, 0, nil),
 			learn(a, 2, 1, vswitch.ErrPortFDBFull),
 			miss(a, 1), // not on port 1 any more, not learned on port 2
-			portLen(1, 0), portLen(2, 1), length(1),
+			// The dead entry is kept, counted on no port, until an Expire.
+			portLen(1, 0), portLen(2, 1), length(2),
 			learn(a, 1, 2, nil), hit(a, 2, 1), // port 1 has room again
+			portLen(1, 1), length(2),
+		}},
+		{"a dead entry goes at the next Expire", 10, 1, []fdbStep{
+			learn(a, 1, 0, nil), learn(b, 2, 0, nil),
+			learn(a, 2, 1, vswitch.ErrPortFDBFull),
+			expire(1, 1), length(1), portLen(1, 0), portLen(2, 1), hit(b, 1, 2),
 		}},
 		{"flush removes one port", 10, 2, []fdbStep{
 			learn(a, 1, 0, nil), learn(b, 1, 0, nil), learn(c, 2, 0, nil),

@@ -40,7 +40,7 @@ func (s *Switch) readLoop(ps *portState, q int) {
 }
 
 // writeLoop takes frames from the port's egress queue and writes them in
-// batches until the port is removed; it then releases what is left.
+// batches until the port is removed; it then drops what is left.
 func (s *Switch) writeLoop(ps *portState) {
 	defer ps.wg.Done()
 	batch := make([]*Frame, 0, s.opts.BatchSize)
@@ -50,14 +50,8 @@ func (s *Switch) writeLoop(ps *portState) {
 		case f := <-ps.queue:
 			batch = append(batch, f)
 		case <-ps.done:
-			for {
-				select {
-				case f := <-ps.queue:
-					f.Release()
-				default:
-					return
-				}
-			}
+			s.drainGone(ps)
+			return
 		}
 	fill:
 		for len(batch) < cap(batch) {

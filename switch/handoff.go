@@ -50,21 +50,47 @@ func (s *Switch) flush(h *handoff) {
 // never overtakes one queued before it. out.wmu serializes WriteBatch, as
 // the Port contract asks; a reader only ever tries it, never waits for it.
 func (s *Switch) deliver(out *portState, frames []*Frame, h *handoff) {
+	if out.removed.Load() {
+		for _, f := range frames {
+			s.drop(out, f, DropPortGone)
+		}
+		return
+	}
 	if out.caps.NonBlockingWrite && out.pending.Load() == 0 && out.wmu.TryLock() {
-		if out.pending.Load() == 0 && !out.removed.Load() {
+		if out.pending.Load() == 0 {
 			s.write(out, frames, &h.lens)
 			out.wmu.Unlock()
 			return
 		}
 		out.wmu.Unlock()
 	}
+	out.pending.Add(int64(len(frames)))
 	for _, f := range frames {
-		out.pending.Add(1)
 		select {
 		case out.queue <- f:
 		default:
 			out.pending.Add(-1)
 			s.drop(out, f, DropQueueFull)
+		}
+	}
+	// The port may have been removed since the check above, and its
+	// writer gone after its last look at the queue: then nobody else
+	// will release what was just queued. removed is set before the
+	// writer is told to stop, so one of the two always sees the frames.
+	if out.removed.Load() {
+		s.drainGone(out)
+	}
+}
+
+// drainGone releases the frames left on a removed port's queue, counting
+// them as port_gone.
+func (s *Switch) drainGone(out *portState) {
+	for {
+		select {
+		case f := <-out.queue:
+			s.drop(out, f, DropPortGone)
+		default:
+			return
 		}
 	}
 }
