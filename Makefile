@@ -5,7 +5,7 @@ GO      ?= go
 PREFIX  ?= /usr/local
 BIN     := bin
 # Packages with goroutines of their own run under the race detector.
-UNIT    := ./switch/... ./tap/... ./daemon/... ./internal/... ./cmd/...
+UNIT    := ./switch/... ./tap/... ./netstack/... ./daemon/... ./internal/... ./cmd/...
 
 .PHONY: all build test demo deps install clean fuzz bench bench-short bench-scale
 

@@ -1,0 +1,152 @@
+package netstack
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	vswitch "tapswitch/switch"
+)
+
+// endpoint is the link endpoint under the stack's NIC. It carries whole
+// Ethernet frames and adds no header of its own: gVisor's ethernet.Endpoint
+// wraps it, pushes the Ethernet header on the way out and strips it on the
+// way in (see New).
+//
+// Outbound packets become frames on out, a bounded queue that ReadBatch
+// drains. Sending never waits: a full queue, an oversized packet or a
+// closed endpoint drops the packet and counts it.
+type endpoint struct {
+	frameMTU uint32 // largest frame, Ethernet header included
+	pool     *vswitch.Pool
+	out      chan *vswitch.Frame
+	closed   atomic.Bool // set by Port.Close; later sends are dropped
+
+	dropQueueFull atomic.Uint64
+	dropTooBig    atomic.Uint64
+	dropClosed    atomic.Uint64
+
+	mu         sync.RWMutex // guards mac, dispatcher
+	mac        tcpip.LinkAddress
+	dispatcher stack.NetworkDispatcher
+}
+
+var _ stack.LinkEndpoint = (*endpoint)(nil)
+
+func newEndpoint(mac vswitch.MAC, frameMTU, queueLen int, pool *vswitch.Pool) *endpoint {
+	return &endpoint{
+		frameMTU: uint32(frameMTU),
+		pool:     pool,
+		out:      make(chan *vswitch.Frame, queueLen),
+		mac:      tcpip.LinkAddress(mac[:]),
+	}
+}
+
+// deliver copies one Ethernet frame into a new PacketBuffer and hands it to
+// the stack. It reports false if no NIC is attached.
+func (e *endpoint) deliver(frame []byte) bool {
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	if d == nil {
+		return false
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+		Payload: buffer.MakeWithData(frame),
+	})
+	// The protocol number is 0: the ethernet endpoint above reads it from
+	// the header it strips.
+	d.DeliverNetworkPacket(0, pkt)
+	pkt.DecRef()
+	return true
+}
+
+// WritePackets copies each packet, Ethernet header included, into a pooled
+// frame and queues it for ReadBatch without waiting. The caller keeps its
+// references to the packets. It reports every packet as written: a dropped
+// packet is a loss on the wire, counted here, not an error for the stack.
+func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		n++
+		if e.closed.Load() {
+			e.dropClosed.Add(1)
+			continue
+		}
+		size := pkt.Size()
+		if size > int(e.frameMTU) || size > e.pool.FrameCap() {
+			e.dropTooBig.Add(1)
+			continue
+		}
+		f := e.pool.Get()
+		buf := f.ReadBuf(0)
+		off := 0
+		for _, s := range pkt.AsSlices() {
+			off += copy(buf[off:], s)
+		}
+		f.SetLen(off)
+		select {
+		case e.out <- f:
+		default:
+			f.Release()
+			e.dropQueueFull.Add(1)
+		}
+	}
+	return n, nil
+}
+
+// MTU is the largest frame; the ethernet endpoint subtracts its header.
+func (e *endpoint) MTU() uint32 { return e.frameMTU }
+
+// SetMTU is ignored: the MTU is fixed by Options and the switch's Caps.
+func (e *endpoint) SetMTU(uint32) {}
+
+func (e *endpoint) MaxHeaderLength() uint16 { return 0 }
+
+func (e *endpoint) LinkAddress() tcpip.LinkAddress {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.mac
+}
+
+func (e *endpoint) SetLinkAddress(addr tcpip.LinkAddress) {
+	e.mu.Lock()
+	e.mac = addr
+	e.mu.Unlock()
+}
+
+// Capabilities is none: the stack computes and verifies every checksum
+// itself (the Port has no GSO or checksum offload yet), and the ethernet
+// endpoint adds CapabilityResolutionRequired for ARP and NDP.
+func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+
+func (e *endpoint) Attach(d stack.NetworkDispatcher) {
+	e.mu.Lock()
+	e.dispatcher = d
+	e.mu.Unlock()
+}
+
+func (e *endpoint) IsAttached() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// Wait returns at once: the endpoint has no goroutines.
+func (e *endpoint) Wait() {}
+
+// ARPHardwareType is none; the ethernet endpoint reports Ethernet.
+func (e *endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+func (e *endpoint) AddHeader(*stack.PacketBuffer)        {}
+func (e *endpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// Close is called by the stack when it removes the NIC. The queue belongs
+// to the Port, which drains it in its own Close.
+func (e *endpoint) Close() {}
+
+func (e *endpoint) SetOnCloseAction(func()) {}

@@ -1,0 +1,290 @@
+package netstack
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	vswitch "tapswitch/switch"
+)
+
+// nicID is the stack's only NIC, the one on the switch.
+const nicID tcpip.NICID = 1
+
+// Defaults of Options.
+const (
+	defaultMTU      = 1500
+	defaultQueueLen = 1024
+	// minIPv6MTU is the smallest link MTU IPv6 allows (RFC 8200 section 5).
+	minIPv6MTU = 1280
+	// minIPv4MTU is the smallest MTU every IPv4 host must accept (RFC 791).
+	minIPv4MTU = 68
+)
+
+// Options configure a Port. The zero value of each optional field means its
+// default.
+type Options struct {
+	// MAC is the gateway's address on the switch. Required, unicast.
+	MAC vswitch.MAC
+	// MTU is the IP MTU of the link (default 1500). Frames are up to
+	// MTU+14 bytes.
+	MTU int
+	// Addrs are the gateway's addresses with their subnet prefixes, such
+	// as 10.244.0.1/24 and fd00:244::1/64. At least one; IPv6 needs an MTU
+	// of at least 1280. A route for each subnet goes to the switch.
+	Addrs []netip.Prefix
+	// QueueLen bounds the frames the stack has sent and ReadBatch has not
+	// taken yet (default 1024). Beyond it they are dropped and counted.
+	QueueLen int
+	// Logger receives lifecycle events (default: discard).
+	Logger *slog.Logger
+}
+
+// Port is the gateway netstack as a vswitch.Port. See the package comment
+// for its goroutines and what it drops.
+type Port struct {
+	log   *slog.Logger
+	caps  vswitch.Caps
+	stack *stack.Stack
+	ep    *endpoint
+	done  chan struct{} // closed by Close; wakes ReadBatch
+
+	// mu guards closed. WriteBatch holds it for reading while it delivers
+	// into the stack, so Close never destroys the stack under a delivery.
+	mu     sync.RWMutex
+	closed bool
+	once   sync.Once
+
+	dropBadFrame atomic.Uint64 // too short, too long or a GSO frame
+	dropNoNIC    atomic.Uint64 // no NIC attached (never expected)
+}
+
+var _ vswitch.Port = (*Port)(nil)
+var _ vswitch.DropCounter = (*Port)(nil)
+
+// New creates the gateway stack with IPv4, IPv6, ARP, ICMP, TCP and UDP,
+// one NIC with opts.Addrs and a route for each subnet. The returned Port is
+// ready to be added to a switch; Close stops it.
+func New(opts Options) (*Port, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	frameMTU := opts.MTU + header.EthernetMinimumSize
+	p := &Port{
+		log:  opts.Logger.With("port", "netstack"),
+		caps: vswitch.Caps{MaxFrame: frameMTU},
+		ep:   newEndpoint(opts.MAC, frameMTU, opts.QueueLen, vswitch.NewPool(vswitch.SmallBufSize)),
+		done: make(chan struct{}),
+	}
+	p.stack = stack.New(stack.Options{
+		NetworkProtocols: []stack.NetworkProtocolFactory{
+			ipv4.NewProtocol,
+			// Zero NDP configurations: the gateway is the router, so it
+			// neither sends router solicitations nor lets a pod's router
+			// advertisement give it addresses or routes. Zero DAD
+			// configurations: the addresses come from our IPAM and the
+			// switch's port security keeps pods from claiming them, so
+			// they are usable at once instead of tentative for a second.
+			// The link-local address is for router advertisements, which
+			// must come from one (RFC 4861 section 6.1.2).
+			ipv6.NewProtocolWithOptions(ipv6.Options{AutoGenLinkLocal: true}),
+			arp.NewProtocol,
+		},
+		TransportProtocols: []stack.TransportProtocolFactory{
+			icmp.NewProtocol4, icmp.NewProtocol6, tcp.NewProtocol, udp.NewProtocol,
+		},
+	})
+	if err := p.configure(opts); err != nil {
+		p.stack.Destroy()
+		return nil, err
+	}
+	p.log.Info("netstack started", "mac", opts.MAC.String(), "mtu", opts.MTU, "addrs", fmt.Sprint(opts.Addrs))
+	return p, nil
+}
+
+func (o *Options) setDefaults() error {
+	if o.MAC.Zero() || o.MAC.Multicast() {
+		return fmt.Errorf("netstack: mac %s is not a unicast address", o.MAC)
+	}
+	if o.MTU == 0 {
+		o.MTU = defaultMTU
+	}
+	if o.MTU < minIPv4MTU || o.MTU+header.EthernetMinimumSize > vswitch.SmallBufSize-vswitch.Headroom {
+		return fmt.Errorf("netstack: mtu %d out of range", o.MTU)
+	}
+	if len(o.Addrs) == 0 {
+		return errors.New("netstack: no gateway address")
+	}
+	for _, a := range o.Addrs {
+		switch {
+		case !a.IsValid() || a.Addr().Is4In6() || a.Addr().Zone() != "" || a.Addr().IsUnspecified():
+			return fmt.Errorf("netstack: bad gateway address %s", a)
+		case a.Addr().Is6() && o.MTU < minIPv6MTU:
+			return fmt.Errorf("netstack: ipv6 address %s needs an mtu of at least %d, have %d", a, minIPv6MTU, o.MTU)
+		}
+	}
+	if o.QueueLen <= 0 {
+		o.QueueLen = defaultQueueLen
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// configure creates the NIC, adds the addresses and the subnet routes.
+func (p *Port) configure(opts Options) error {
+	if err := p.stack.CreateNICWithOptions(nicID, ethernet.New(p.ep), stack.NICOptions{Name: "switch"}); err != nil {
+		return tcpipError("create nic", err)
+	}
+	var routes []tcpip.Route
+	for _, a := range opts.Addrs {
+		proto := ipv4.ProtocolNumber
+		if a.Addr().Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		addr := tcpip.AddressWithPrefix{
+			Address:   tcpip.AddrFromSlice(a.Addr().AsSlice()),
+			PrefixLen: a.Bits(),
+		}
+		pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: addr}
+		if err := p.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+			return tcpipError("add address "+a.String(), err)
+		}
+		routes = append(routes, tcpip.Route{Destination: addr.Subnet(), NIC: nicID})
+	}
+	p.stack.SetRouteTable(routes)
+	return nil
+}
+
+// tcpipError converts a gVisor error at the package's edge.
+func tcpipError(op string, err tcpip.Error) error {
+	return fmt.Errorf("netstack: %s: %s", op, err)
+}
+
+// Name is "netstack".
+func (p *Port) Name() string { return "netstack" }
+
+// Caps: ordinary frames up to MTU+14, no GSO. WriteBatch runs the stack's
+// input path, so it is not a non-blocking write.
+func (p *Port) Caps() vswitch.Caps { return p.caps }
+
+// Queues is 1: all the stack's output goes through one queue, so flows stay
+// in order.
+func (p *Port) Queues() int { return 1 }
+
+// WriteBatch delivers each frame into the stack and releases it, on the
+// caller's goroutine. Frames that are too short, too long or GSO
+// super-frames are dropped and counted, not errors. It never waits on the
+// stack's output: replies the stack sends meanwhile go to the bounded queue.
+// After Close it releases the frames and returns 0 and an error wrapping
+// vswitch.ErrClosed.
+func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		for _, f := range frames {
+			f.Release()
+		}
+		return 0, fmt.Errorf("netstack: write: %w", vswitch.ErrClosed)
+	}
+	for _, f := range frames {
+		switch {
+		case f.Len() < header.EthernetMinimumSize || f.Len() > p.caps.MaxFrame || f.Offload.GSOType != vswitch.GSONone:
+			p.dropBadFrame.Add(1)
+		case !p.ep.deliver(f.Bytes()):
+			p.dropNoNIC.Add(1)
+		}
+		f.Release()
+	}
+	return len(frames), nil
+}
+
+// ReadBatch blocks until the stack has sent at least one frame, then
+// returns up to len(frames) of them; ownership passes to the caller. After
+// Close it returns vswitch.ErrClosed.
+func (p *Port) ReadBatch(q int, frames []*vswitch.Frame) (int, error) {
+	if len(frames) == 0 {
+		return 0, nil
+	}
+	select {
+	case <-p.done:
+		return 0, vswitch.ErrClosed
+	default:
+	}
+	select {
+	case frames[0] = <-p.ep.out:
+	case <-p.done:
+		return 0, vswitch.ErrClosed
+	}
+	n := 1
+	for n < len(frames) {
+		select {
+		case frames[n] = <-p.ep.out:
+			n++
+		default:
+			return n, nil
+		}
+	}
+	return n, nil
+}
+
+// Close stops the stack and waits for its goroutines, makes ReadBatch
+// return ErrClosed and releases the frames still queued. It waits for a
+// WriteBatch in progress. It is safe to call more than once.
+func (p *Port) Close() error {
+	p.once.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.ep.closed.Store(true)
+		close(p.done)
+		p.stack.Destroy()
+		p.drain()
+		p.log.Info("netstack stopped")
+	})
+	return nil
+}
+
+// drain releases the frames left in the queue. A frame that a late sender
+// queues after it is not released but collected with its Port; the
+// endpoint's closed flag makes that a narrow race.
+func (p *Port) drain() {
+	for {
+		select {
+		case f := <-p.ep.out:
+			f.Release()
+		default:
+			return
+		}
+	}
+}
+
+// Drops reports the frames dropped inside the Port, by reason:
+// out_queue_full, out_too_big and out_closed on the stack's send path,
+// in_bad_frame and in_no_nic on the way into the stack. Frames refused by a
+// WriteBatch after Close are not here: the switch counts those as write
+// errors.
+func (p *Port) Drops() map[string]uint64 {
+	return map[string]uint64{
+		"out_queue_full": p.ep.dropQueueFull.Load(),
+		"out_too_big":    p.ep.dropTooBig.Load(),
+		"out_closed":     p.ep.dropClosed.Load(),
+		"in_bad_frame":   p.dropBadFrame.Load(),
+		"in_no_nic":      p.dropNoNIC.Load(),
+	}
+}
