@@ -221,8 +221,14 @@ func TestPing4(t *testing.T) {
 	if c := checksum(icmp, 0); c != 0 {
 		t.Errorf("reply icmp checksum does not verify (%#04x)", c)
 	}
-	if id, seq := binary.BigEndian.Uint16(icmp[4:]), binary.BigEndian.Uint16(icmp[6:]); id != 0xbeef || seq != 7 {
-		t.Errorf("reply id/seq = %#x/%d, want 0xbeef/7", id, seq)
+	checkEcho(t, icmp, 0xbeef, 7, data)
+}
+
+// checkEcho checks an echo reply's identifier, sequence number and payload.
+func checkEcho(t *testing.T, icmp []byte, id, seq uint16, data []byte) {
+	t.Helper()
+	if gotID, gotSeq := binary.BigEndian.Uint16(icmp[4:]), binary.BigEndian.Uint16(icmp[6:]); gotID != id || gotSeq != seq {
+		t.Errorf("reply id/seq = %#x/%d, want %#x/%d", gotID, gotSeq, id, seq)
 	}
 	if !bytes.Equal(icmp[8:], data) {
 		t.Errorf("reply payload = %q, want %q", icmp[8:], data)
@@ -271,12 +277,7 @@ func TestPing6(t *testing.T) {
 	if c := checksum(icmp, pseudoSum6(ip)); c != 0 {
 		t.Errorf("reply icmpv6 checksum does not verify (%#04x)", c)
 	}
-	if id, seq := binary.BigEndian.Uint16(icmp[4:]), binary.BigEndian.Uint16(icmp[6:]); id != 0x6666 || seq != 3 {
-		t.Errorf("reply id/seq = %#x/%d, want 0x6666/3", id, seq)
-	}
-	if !bytes.Equal(icmp[8:], data) {
-		t.Errorf("reply payload = %q, want %q", icmp[8:], data)
-	}
+	checkEcho(t, icmp, 0x6666, 3, data)
 }
 
 // TestClose checks that Close stops every goroutine, that ReadBatch then
