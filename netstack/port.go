@@ -1,12 +1,15 @@
 package netstack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -27,8 +30,10 @@ const nicID tcpip.NICID = 1
 
 // Defaults of Options.
 const (
-	defaultMTU      = 1500
-	defaultQueueLen = 1024
+	defaultMTU            = 1500
+	defaultQueueLen       = 1024
+	defaultDialTimeout    = 30 * time.Second
+	defaultUDPIdleTimeout = 30 * time.Second
 	// minIPv6MTU is the smallest link MTU IPv6 allows (RFC 8200 section 5).
 	minIPv6MTU = 1280
 	// minIPv4MTU is the smallest MTU every IPv4 host must accept (RFC 791).
@@ -50,6 +55,20 @@ type Options struct {
 	// QueueLen bounds the frames the stack has sent and ReadBatch has not
 	// taken yet (default 1024). Beyond it they are dropped and counted.
 	QueueLen int
+	// Dial opens the host side of an egress flow or of a DNS query to an
+	// upstream resolver (default: a net.Dialer in the daemon's own
+	// namespace). network is "tcp4", "tcp6", "udp4" or "udp6".
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// DialTimeout bounds the host-side connect of an egress TCP flow
+	// (default 30s). The pod's SYN stays unanswered meanwhile, as behind
+	// a kernel NAT whose far side is slow.
+	DialTimeout time.Duration
+	// UDPIdleTimeout ends an egress UDP flow after this long without a
+	// datagram in either direction (default 30s, conntrack's default).
+	UDPIdleTimeout time.Duration
+	// DNS are the upstream resolvers the gateway forwards DNS queries on
+	// port 53 to. Empty: the gateway does not answer DNS.
+	DNS []netip.AddrPort
 	// Logger receives lifecycle events (default: discard).
 	Logger *slog.Logger
 }
@@ -57,11 +76,19 @@ type Options struct {
 // Port is the gateway netstack as a vswitch.Port. See the package comment
 // for its goroutines and what it drops.
 type Port struct {
+	opts  Options // with defaults filled in
 	log   *slog.Logger
 	caps  vswitch.Caps
+	mac   vswitch.MAC
 	stack *stack.Stack
 	ep    *endpoint
 	done  chan struct{} // closed by Close; wakes ReadBatch
+
+	// ctx is cancelled by Close; the goroutines of egress flows, DNS and
+	// router advertisements end with it and are counted in flows.
+	ctx    context.Context
+	cancel context.CancelFunc
+	flows  sync.WaitGroup
 
 	// mu guards closed. WriteBatch holds it for reading while it delivers
 	// into the stack, so Close never destroys the stack under a delivery.
@@ -71,6 +98,7 @@ type Port struct {
 
 	dropBadFrame atomic.Uint64 // too short, too long or a GSO frame
 	dropNoNIC    atomic.Uint64 // no NIC attached (never expected)
+	dropNotOurs  atomic.Uint64 // flooded unicast for another MAC
 }
 
 var _ vswitch.Port = (*Port)(nil)
@@ -85,11 +113,14 @@ func New(opts Options) (*Port, error) {
 	}
 	frameMTU := opts.MTU + header.EthernetMinimumSize
 	p := &Port{
+		opts: opts,
 		log:  opts.Logger.With("port", "netstack"),
 		caps: vswitch.Caps{MaxFrame: frameMTU},
+		mac:  opts.MAC,
 		ep:   newEndpoint(opts.MAC, frameMTU, opts.QueueLen, vswitch.NewPool(vswitch.SmallBufSize)),
 		done: make(chan struct{}),
 	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.stack = stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{
 			ipv4.NewProtocol,
@@ -109,9 +140,16 @@ func New(opts Options) (*Port, error) {
 		},
 	})
 	if err := p.configure(opts); err != nil {
+		p.cancel()
 		p.stack.Destroy()
 		return nil, err
 	}
+	p.startEgress()
+	if err := p.startDNS(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	p.startRouterAdvertisements()
 	p.log.Info("netstack started", "mac", opts.MAC.String(), "mtu", opts.MTU, "addrs", fmt.Sprint(opts.Addrs))
 	return p, nil
 }
@@ -140,16 +178,39 @@ func (o *Options) setDefaults() error {
 	if o.QueueLen <= 0 {
 		o.QueueLen = defaultQueueLen
 	}
+	if o.Dial == nil {
+		o.Dial = (&net.Dialer{}).DialContext
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = defaultDialTimeout
+	}
+	if o.UDPIdleTimeout <= 0 {
+		o.UDPIdleTimeout = defaultUDPIdleTimeout
+	}
+	for _, u := range o.DNS {
+		if !u.IsValid() || u.Port() == 0 {
+			return fmt.Errorf("netstack: bad dns upstream %s", u)
+		}
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
 
-// configure creates the NIC, adds the addresses and the subnet routes.
+// configure creates the NIC, adds the addresses, the subnet routes and a
+// default route for each address family. The NIC is promiscuous (it takes
+// packets for any destination address, which the egress forwarders
+// terminate) and spoofing (it answers from those addresses).
 func (p *Port) configure(opts Options) error {
 	if err := p.stack.CreateNICWithOptions(nicID, ethernet.New(p.ep), stack.NICOptions{Name: "switch"}); err != nil {
 		return tcpipError("create nic", err)
+	}
+	if err := p.stack.SetPromiscuousMode(nicID, true); err != nil {
+		return tcpipError("set promiscuous mode", err)
+	}
+	if err := p.stack.SetSpoofing(nicID, true); err != nil {
+		return tcpipError("set spoofing", err)
 	}
 	var routes []tcpip.Route
 	for _, a := range opts.Addrs {
@@ -167,8 +228,32 @@ func (p *Port) configure(opts Options) error {
 		}
 		routes = append(routes, tcpip.Route{Destination: addr.Subnet(), NIC: nicID})
 	}
+	routes = append(routes,
+		tcpip.Route{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
 	p.stack.SetRouteTable(routes)
 	return nil
+}
+
+// inPodNetwork reports whether a is in one of the gateway's subnets: such
+// destinations are pods (or the gateway), never egress.
+func (p *Port) inPodNetwork(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, pfx := range p.opts.Addrs {
+		if pfx.Masked().Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// forUs reports whether the switch meant frame for the gateway: addressed
+// to its MAC, broadcast or multicast. A flooded frame for another pod's
+// unknown MAC is not, and must not reach a promiscuous stack that would
+// answer it.
+func (p *Port) forUs(frame []byte) bool {
+	dst := vswitch.Ether(frame).Dst()
+	return dst == p.mac || dst.Multicast()
 }
 
 // tcpipError converts a gVisor error at the package's edge.
@@ -206,6 +291,8 @@ func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
 		switch {
 		case f.Len() < header.EthernetMinimumSize || f.Len() > p.caps.MaxFrame || f.Offload.GSOType != vswitch.GSONone:
 			p.dropBadFrame.Add(1)
+		case !p.forUs(f.Bytes()):
+			p.dropNotOurs.Add(1)
 		case !p.ep.deliver(f.Bytes()):
 			p.dropNoNIC.Add(1)
 		}
@@ -253,7 +340,9 @@ func (p *Port) Close() error {
 		p.mu.Unlock()
 		p.ep.closed.Store(true)
 		close(p.done)
+		p.cancel()
 		p.stack.Destroy()
+		p.flows.Wait()
 		p.drain()
 		p.log.Info("netstack stopped")
 	})
@@ -286,5 +375,6 @@ func (p *Port) Drops() map[string]uint64 {
 		"out_closed":     p.ep.dropClosed.Load(),
 		"in_bad_frame":   p.dropBadFrame.Load(),
 		"in_no_nic":      p.dropNoNIC.Load(),
+		"in_not_ours":    p.dropNotOurs.Load(),
 	}
 }

@@ -1,0 +1,186 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/refs"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+
+	"tapswitch/internal/testutil"
+	vswitch "tapswitch/switch"
+)
+
+// gwNet is a switch with the gateway and pods that are gVisor stacks of
+// their own: real TCP and UDP clients and servers without root. A test's
+// "outside world" is loopback, reached through gwNet's Dial, which maps
+// the made-up egress destinations to loopback listeners.
+type gwNet struct {
+	sw *vswitch.Switch
+	gw *Port
+}
+
+// Addresses of gwNet: the gateway, and pod n at .n / ::n.
+var (
+	netGW4 = netip.MustParsePrefix("10.244.0.1/24")
+	netGW6 = netip.MustParsePrefix("fd00:244::1/64")
+)
+
+// newGWNet builds the switch and a gateway with opts (MAC and Addrs are
+// filled in when zero). Its cleanup closes everything and checks for
+// leaked references and goroutines.
+func newGWNet(t *testing.T, opts Options) *gwNet {
+	t.Helper()
+	testutil.CheckGoroutines(t)
+	if opts.MAC.Zero() {
+		opts.MAC = gwMAC
+	}
+	if opts.Addrs == nil {
+		opts.Addrs = []netip.Prefix{netGW4, netGW6}
+	}
+	gw, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	sw := vswitch.New(vswitch.Options{})
+	t.Cleanup(func() {
+		if err := sw.Close(); err != nil {
+			t.Errorf("switch Close: %v", err)
+		}
+		refs.DoRepeatedLeakCheck()
+	})
+	if _, err := sw.AddPort(gw); err != nil {
+		t.Fatalf("AddPort(gateway): %v", err)
+	}
+	return &gwNet{sw: sw, gw: gw}
+}
+
+// addPod attaches pod id (10.244.0.id/24 and fd00:244::id/64), a Port
+// of this package used as a plain host whose default routes go through the
+// gateway. The switch closes it.
+func (n *gwNet) addPod(t *testing.T, id byte) *Port {
+	t.Helper()
+	p, err := New(Options{
+		MAC: vswitch.MAC{0x02, 0, 0, 0, 0x10, id},
+		Addrs: []netip.Prefix{
+			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, 0, id}), 24),
+			netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x02, 3: 0x44, 15: id}), 64),
+		},
+	})
+	if err != nil {
+		t.Fatalf("New(pod %d): %v", id, err)
+	}
+	p.stack.SetRouteTable([]tcpip.Route{
+		{Destination: subnet(netGW4), NIC: nicID},
+		{Destination: subnet(netGW6), NIC: nicID},
+		{Destination: header.IPv4EmptySubnet, Gateway: tcpipAddr(netGW4.Addr()), NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, Gateway: tcpipAddr(netGW6.Addr()), NIC: nicID},
+	})
+	if _, err := n.sw.AddPort(p); err != nil {
+		p.Close()
+		t.Fatalf("AddPort(pod %d): %v", id, err)
+	}
+	return p
+}
+
+func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFromSlice(a.Unmap().AsSlice()) }
+
+func subnet(p netip.Prefix) tcpip.Subnet {
+	return tcpip.AddressWithPrefix{Address: tcpipAddr(p.Addr()), PrefixLen: p.Bits()}.Subnet()
+}
+
+func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
+	proto := ipv4.ProtocolNumber
+	if ap.Addr().Unmap().Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+	return tcpip.FullAddress{Addr: tcpipAddr(ap.Addr()), Port: ap.Port()}, proto
+}
+
+// podDialTCP connects from pod p's stack to dst, failing the test on error.
+func podDialTCP(t *testing.T, p *Port, dst netip.AddrPort) *gonet.TCPConn {
+	t.Helper()
+	c, err := tryPodDialTCP(p, dst, 5*time.Second)
+	if err != nil {
+		t.Fatalf("pod dial tcp %s: %v", dst, err)
+	}
+	return c
+}
+
+// tryPodDialTCP connects from pod p's stack to dst within timeout.
+func tryPodDialTCP(p *Port, dst netip.AddrPort, timeout time.Duration) (*gonet.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	full, proto := fullAddr(dst)
+	return gonet.DialContextTCP(ctx, p.stack, full, proto)
+}
+
+// podDialUDP returns a UDP socket of pod p connected to dst.
+func podDialUDP(t *testing.T, p *Port, dst netip.AddrPort) *gonet.UDPConn {
+	t.Helper()
+	full, proto := fullAddr(dst)
+	c, err := gonet.DialUDP(p.stack, nil, &full, proto)
+	if err != nil {
+		t.Fatalf("pod dial udp %s: %v", dst, err)
+	}
+	return c
+}
+
+// redirectDial returns a Dial for Options that sends connections for the
+// made-up outside addresses in to to their loopback stand-ins, and refuses
+// any other address without touching the network.
+func redirectDial(to map[netip.AddrPort]netip.AddrPort) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return nil, err
+		}
+		real, ok := to[ap]
+		if !ok {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: errUnreachable}
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network[:3], real.String())
+	}
+}
+
+// errUnreachable is what redirectDial returns for an address it does not map.
+var errUnreachable = errors.New("test network: no route to host")
+
+// TestPodStackReachesGateway checks the test network itself: a pod stack
+// resolves the gateway and talks TCP to a listener on it.
+func TestPodStackReachesGateway(t *testing.T) {
+	n := newGWNet(t, Options{})
+	pod := n.addPod(t, 2)
+	for _, gw := range []netip.Prefix{netGW4, netGW6} {
+		full, proto := fullAddr(netip.AddrPortFrom(gw.Addr(), 7))
+		full.NIC = nicID
+		ln, err := gonet.ListenTCP(n.gw.stack, full, proto)
+		if err != nil {
+			t.Fatalf("listen on gateway %s: %v", gw.Addr(), err)
+		}
+		c := podDialTCP(t, pod, netip.AddrPortFrom(gw.Addr(), 7))
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatalf("accept: %v", err)
+		}
+		if _, err := c.Write([]byte("hi")); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		buf := make([]byte, 2)
+		if _, err := s.Read(buf); err != nil || string(buf) != "hi" {
+			t.Fatalf("read = %q, %v; want hi", buf, err)
+		}
+		c.Close()
+		s.Close()
+		ln.Close()
+	}
+}
