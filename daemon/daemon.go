@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"tapswitch/netstack"
 	vswitch "tapswitch/switch"
 )
 
@@ -42,8 +43,19 @@ type Options struct {
 	// MetricsAddr, if set, is a TCP address to serve /metrics on, besides
 	// the unix socket.
 	MetricsAddr string
-	Switch      vswitch.Options
-	Logger      *slog.Logger
+	// HostPort names the host port, the TAP in the daemon's namespace
+	// through which the node reaches pods without NAT (tapswitchd's
+	// default: tsw0). Empty: no host port.
+	HostPort string
+	// DNS are the upstream resolvers the gateway forwards pods' DNS
+	// queries to. Empty: the gateway answers no DNS, and pods are given
+	// no nameserver.
+	DNS []netip.AddrPort
+	// DialTimeout and UDPIdleTimeout tune egress (see netstack.Options).
+	DialTimeout    time.Duration
+	UDPIdleTimeout time.Duration
+	Switch         vswitch.Options
+	Logger         *slog.Logger
 }
 
 // Daemon is tapswitchd: the switch, the attached pods, their addresses and
@@ -57,6 +69,7 @@ type Daemon struct {
 	opts  Options
 	log   *slog.Logger
 	sw    *vswitch.Switch
+	gw    *netstack.Port // the pods' gateway, a port of sw
 	state *stateFile
 
 	mu   sync.Mutex // guards pods, v4, v6
@@ -137,6 +150,16 @@ func New(opts Options) (*Daemon, error) {
 	swOpts := opts.Switch
 	swOpts.Logger = d.log
 	d.sw = vswitch.New(swOpts)
+	if err := d.startGateway(); err != nil {
+		d.sw.Close()
+		d.state.close()
+		return nil, err
+	}
+	if err := d.ensureHostPort(); err != nil {
+		d.sw.Close()
+		d.state.close()
+		return nil, err
+	}
 	if err := d.restore(); err != nil {
 		d.sw.Close()
 		d.state.close()

@@ -106,6 +106,9 @@ func (d *Daemon) reserve(pod *Pod) error {
 	}
 	pod.IPs = []netip.Prefix{ip4}
 	pod.Gateways = []netip.Addr{d.v4.gateway}
+	if len(d.opts.DNS) > 0 {
+		pod.DNS = []netip.Addr{d.v4.gateway}
+	}
 	if d.v6 != nil {
 		ip6, err := d.v6.allocate(pod.ID)
 		if err != nil {
@@ -114,6 +117,9 @@ func (d *Daemon) reserve(pod *Pod) error {
 		}
 		pod.IPs = append(pod.IPs, ip6)
 		pod.Gateways = append(pod.Gateways, d.v6.gateway)
+		if len(d.opts.DNS) > 0 {
+			pod.DNS = append(pod.DNS, d.v6.gateway)
+		}
 	}
 	d.pods[pod.ID] = &podEntry{Pod: *pod, state: podAdding}
 	if err := d.saveLocked(); err != nil {

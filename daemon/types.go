@@ -27,6 +27,9 @@ type Pod struct {
 	MAC      vswitch.MAC    `json:"mac"`
 	IPs      []netip.Prefix `json:"ips"`
 	Gateways []netip.Addr   `json:"gateways"`
+	// DNS are the pod's nameservers: the gateway addresses, when the
+	// gateway forwards DNS.
+	DNS      []netip.Addr   `json:"dns,omitempty"`
 	MTU      int            `json:"mtu"`
 	Offloads bool           `json:"offloads"`
 	Queues   int            `json:"queues"`

@@ -7,10 +7,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +21,7 @@ import (
 	"time"
 
 	"tapswitch/daemon"
+	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/pinger"
 	"tapswitch/internal/testutil"
 )
@@ -74,6 +78,7 @@ func leftoverNetNS() []string {
 
 // daemonProc is a tapswitchd started by a test.
 type daemonProc struct {
+	node     string // path of the netns that plays the node, where it runs
 	socket   string
 	stateDir string
 	client   *daemon.Client
@@ -82,17 +87,40 @@ type daemonProc struct {
 	exited   chan error
 }
 
-// startDaemon runs tapswitchd with a private socket and state folder, and
-// stops it when the test ends. extra adds flags.
+// startDaemon runs tapswitchd in a new netns that plays the node, with a
+// private socket and state folder, and stops it when the test ends. extra
+// adds flags.
 func startDaemon(t *testing.T, stateDir string, extra ...string) *daemonProc {
+	t.Helper()
+	node := testutil.NewNetNS(t)
+	// A node's loopback is up: the daemon's metrics, port forwards and
+	// DNS upstreams in tests live there.
+	if out, err := exec.Command("ip", "-n", filepath.Base(node), "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up in %s: %v: %s", node, err, out)
+	}
+	return startDaemonIn(t, node, stateDir, extra...)
+}
+
+// startDaemonIn runs tapswitchd inside the netns node (a path under
+// /var/run/netns), as startDaemon does. The daemon's host port (tsw0),
+// its egress sockets and its loopback are the node's, never the machine's.
+// Unless extra says otherwise, it forwards DNS nowhere (--dns none).
+func startDaemonIn(t *testing.T, node, stateDir string, extra ...string) *daemonProc {
 	t.Helper()
 	if stateDir == "" {
 		stateDir = filepath.Join(t.TempDir(), "state")
 	}
 	sock := filepath.Join(t.TempDir(), "tapswitchd.sock")
-	args := append([]string{"--socket", sock, "--state-dir", stateDir, "--log-level", "debug"}, extra...)
-	d := &daemonProc{socket: sock, stateDir: stateDir, client: daemon.NewClient(sock), log: new(syncBuffer), exited: make(chan error, 1)}
-	d.cmd = exec.Command(filepath.Join(binDir, "tapswitchd"), args...)
+	args := []string{"netns", "exec", filepath.Base(node), filepath.Join(binDir, "tapswitchd"),
+		"--socket", sock, "--state-dir", stateDir, "--log-level", "debug"}
+	if !slices.ContainsFunc(extra, func(f string) bool { return strings.HasPrefix(f, "--dns") }) {
+		args = append(args, "--dns", "none")
+	}
+	args = append(args, extra...)
+	d := &daemonProc{node: node, socket: sock, stateDir: stateDir, client: daemon.NewClient(sock), log: new(syncBuffer), exited: make(chan error, 1)}
+	// ip netns exec enters the namespace and execs the daemon, so the
+	// process the test signals is tapswitchd itself.
+	d.cmd = exec.Command("ip", args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start tapswitchd: %v", err)
@@ -120,6 +148,23 @@ func startDaemon(t *testing.T, stateDir string, extra ...string) *daemonProc {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// nodeDial connects from inside the daemon's node namespace, as a process
+// on the node would.
+func (d *daemonProc) nodeDial(ctx context.Context, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := netnsutil.Do(d.node, func() (err error) {
+		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// nodeHTTPClient is an HTTP client on the node, for the daemon's metrics
+// address and port forwards on the node's loopback.
+func (d *daemonProc) nodeHTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: d.nodeDial, DisableKeepAlives: true}}
 }
 
 // stop sends SIGTERM and waits for a clean exit.

@@ -20,7 +20,7 @@ func TestMetrics(t *testing.T) {
 	a, b := addPod(t, d, "met-a"), addPod(t, d, "met-b")
 	mustPing(t, a, b.addr())
 
-	body := get(t, http.DefaultClient, "http://"+addr+"/metrics")
+	body := get(t, d.nodeHTTPClient(), "http://"+addr+"/metrics")
 	if v := metric(t, body, `tapswitch_pods`); v != 2 {
 		t.Errorf("tapswitch_pods = %v, want 2", v)
 	}

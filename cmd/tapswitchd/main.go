@@ -40,6 +40,11 @@ func run(args []string) error {
 		noOffload = fs.Bool("no-offloads", false, "turn TSO and checksum offload off on new pod TAPs (the pods' kernels segment instead)")
 		queues    = fs.Int("queues", 0, "receive queues per pod TAP (default: CPUs, at most 4)")
 		metrics   = fs.String("metrics-addr", "", "TCP `address` to serve Prometheus metrics on, e.g. 127.0.0.1:9650 (off when empty; /metrics is always on the socket)")
+		hostPort  = fs.String("host-port", daemon.DefaultHostPort, "`name` of the host port, the TAP in this namespace through which the node reaches pods (none: no host port)")
+		dns       = fs.String("dns", "", "upstream DNS `servers` for the gateway's forwarder, comma-separated addr[:port] (default: the nameservers of --resolv-conf; none: no DNS)")
+		resolv    = fs.String("resolv-conf", daemon.DefaultResolvConf, "`file` to read upstream DNS servers from when --dns is not given")
+		dialTO    = fs.Duration("dial-timeout", 30*time.Second, "how long an egress TCP connect from the node may take")
+		udpIdle   = fs.Duration("udp-idle-timeout", 30*time.Second, "how long an egress UDP flow lives without a datagram")
 		aging     = fs.Duration("fdb-aging", 300*time.Second, "how long a learned MAC lives without traffic")
 		fdbSize   = fs.Int("fdb-size", 65536, "most MACs the switch learns")
 		fdbPort   = fs.Int("fdb-port-limit", 1024, "most MACs learned on one port")
@@ -60,14 +65,16 @@ func run(args []string) error {
 		return err
 	}
 	opts := daemon.Options{
-		StateDir:    *stateDir,
-		Socket:      *socket,
-		MTU:         *mtu,
-		MetricsAddr: *metrics,
-		NoOffloads:  *noOffload,
-		Queues:      *queues,
-		Logger:      log,
-		Switch:      vswitch.Options{AgingTime: *aging, FDBSize: *fdbSize, FDBPortLimit: *fdbPort},
+		StateDir:       *stateDir,
+		Socket:         *socket,
+		MTU:            *mtu,
+		MetricsAddr:    *metrics,
+		NoOffloads:     *noOffload,
+		Queues:         *queues,
+		DialTimeout:    *dialTO,
+		UDPIdleTimeout: *udpIdle,
+		Logger:         log,
+		Switch:         vswitch.Options{AgingTime: *aging, FDBSize: *fdbSize, FDBPortLimit: *fdbPort},
 	}
 	if opts.PodCIDR, err = netip.ParsePrefix(*podCIDR); err != nil {
 		return fmt.Errorf("--pod-cidr: %w", err)
@@ -75,6 +82,23 @@ func run(args []string) error {
 	if *podCIDR6 != "" {
 		if opts.PodCIDR6, err = netip.ParsePrefix(*podCIDR6); err != nil {
 			return fmt.Errorf("--pod-cidr6: %w", err)
+		}
+	}
+	if *hostPort != "none" {
+		opts.HostPort = *hostPort
+	}
+	switch *dns {
+	case "none":
+	case "":
+		if opts.DNS, err = daemon.ReadResolvConf(*resolv); err != nil {
+			return fmt.Errorf("--resolv-conf: %w (give --dns servers or --dns none)", err)
+		}
+		if len(opts.DNS) == 0 {
+			log.Warn("no nameserver in resolv.conf; the gateway answers no DNS", "file", *resolv)
+		}
+	default:
+		if opts.DNS, err = daemon.ParseDNSServers(*dns); err != nil {
+			return fmt.Errorf("--dns: %w", err)
 		}
 	}
 	d, err := daemon.New(opts)
