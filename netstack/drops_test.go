@@ -77,17 +77,23 @@ func TestQueueFull(t *testing.T) {
 }
 
 // TestBadFrames checks that frames the Port cannot take are dropped and
-// counted without an error.
+// counted without an error: too short, too long without GSO, a UDP
+// super-frame that is not UDP, and a flooded frame for another MAC.
 func TestBadFrames(t *testing.T) {
 	p := newBarePort(t, 0)
 	pool := vswitch.NewPool(vswitch.SmallBufSize)
-	fs := framesOf(pool, make([]byte, 10), make([]byte, 1600), porttest.ARPRequest(podMAC, pod4, gw4))
-	fs[2].Offload.GSOType = vswitch.GSOTCPv4
-	if n, err := p.WriteBatch(fs); n != 3 || err != nil {
-		t.Errorf("WriteBatch = %d, %v; want 3, nil", n, err)
+	other := porttest.Ether(porttest.MAC(0x77), podMAC, vswitch.EtherTypeIP4, ipv4Packet(pod4, gw4, 1, icmpEcho(8, 1, 1, nil)))
+	fs := framesOf(pool, make([]byte, 10), make([]byte, 1600), porttest.ARPRequest(podMAC, pod4, gw4), other)
+	fs[2].Offload.GSOType = vswitch.GSOUDPL4
+	fs[2].Offload.GSOSize = 100
+	if n, err := p.WriteBatch(fs); n != 4 || err != nil {
+		t.Errorf("WriteBatch = %d, %v; want 4, nil", n, err)
 	}
 	if d := p.Drops()["in_bad_frame"]; d != 3 {
 		t.Errorf("Drops()[in_bad_frame] = %d, want 3", d)
+	}
+	if d := p.Drops()["in_not_ours"]; d != 1 {
+		t.Errorf("Drops()[in_not_ours] = %d, want 1", d)
 	}
 }
 

@@ -21,8 +21,8 @@ import (
 // drains. Sending never waits: a full queue, an oversized packet or a
 // closed endpoint drops the packet and counts it.
 type endpoint struct {
-	frameMTU uint32 // largest frame, Ethernet header included
-	pool     *vswitch.Pool
+	frameMTU uint32 // largest ordinary frame, Ethernet header included
+	pools    *vswitch.Pools
 	out      chan *vswitch.Frame
 	closed   atomic.Bool // set by Port.Close; later sends are dropped
 
@@ -35,12 +35,22 @@ type endpoint struct {
 	dispatcher stack.NetworkDispatcher
 }
 
-var _ stack.LinkEndpoint = (*endpoint)(nil)
+var (
+	_ stack.LinkEndpoint = (*endpoint)(nil)
+	_ stack.GSOEndpoint  = (*endpoint)(nil)
+)
 
-func newEndpoint(mac vswitch.MAC, frameMTU, queueLen int, pool *vswitch.Pool) *endpoint {
+// gsoMaxSize bounds the TCP super-segments the stack builds. gVisor's
+// sender keeps a segment's payload under gsoMaxSize less 61 bytes
+// (tcp/snd.go), so the largest frame, with at most 40 bytes of IP header,
+// 60 of TCP and 14 of Ethernet, is gsoMaxSize+53 bytes: it must fit a
+// large pool frame, and the IPv4 total length must stay under 64 KiB.
+const gsoMaxSize = vswitch.LargeBufSize - vswitch.Headroom - 64
+
+func newEndpoint(mac vswitch.MAC, frameMTU, queueLen int, pools *vswitch.Pools) *endpoint {
 	return &endpoint{
 		frameMTU: uint32(frameMTU),
-		pool:     pool,
+		pools:    pools,
 		out:      make(chan *vswitch.Frame, queueLen),
 		mac:      tcpip.LinkAddress(mac[:]),
 	}
@@ -58,6 +68,10 @@ func (e *endpoint) deliver(frame []byte) bool {
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
 		Payload: buffer.MakeWithData(frame),
 	})
+	// The stack does not verify checksums (CapabilityRXChecksumOffload):
+	// frames come from the pods' kernels through their TAPs, which, like
+	// a veth, may leave a TCP or UDP checksum partial (Offload.NeedsCsum),
+	// and nothing on that path can corrupt a frame.
 	// The protocol number is 0: the ethernet endpoint above reads it from
 	// the header it strips.
 	d.DeliverNetworkPacket(0, pkt)
@@ -69,6 +83,11 @@ func (e *endpoint) deliver(frame []byte) bool {
 // frame and queues it for ReadBatch without waiting. The caller keeps its
 // references to the packets. It reports every packet as written: a dropped
 // packet is a loss on the wire, counted here, not an error for the stack.
+//
+// TCP packets carry GSO options (the endpoint offers host GSO): their
+// checksum is partial and a packet longer than one MSS is a super-frame.
+// Both travel as the frame's Offload, which the pods' TAPs take as they
+// are and the switch segments for ports without GSO.
 func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
@@ -78,17 +97,26 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			continue
 		}
 		size := pkt.Size()
-		if size > int(e.frameMTU) || size > e.pool.FrameCap() {
+		gso := pkt.GSOOptions
+		super := gso.Type != stack.GSONone && pkt.Data().Size() > int(gso.MSS)
+		if !super && size > int(e.frameMTU) {
 			e.dropTooBig.Add(1)
 			continue
 		}
-		f := e.pool.Get()
+		f := e.pools.Get(size)
+		if f == nil {
+			e.dropTooBig.Add(1)
+			continue
+		}
 		buf := f.ReadBuf(0)
 		off := 0
 		for _, s := range pkt.AsSlices() {
 			off += copy(buf[off:], s)
 		}
 		f.SetLen(off)
+		if gso.Type != stack.GSONone {
+			setOffload(&f.Offload, pkt, super)
+		}
 		select {
 		case e.out <- f:
 		default:
@@ -98,6 +126,31 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	}
 	return n, nil
 }
+
+// setOffload describes a TCP packet the stack built for host GSO, as the
+// kernel's virtio-net header would (include/uapi/linux/virtio_net.h).
+func setOffload(o *vswitch.Offload, pkt *stack.PacketBuffer, super bool) {
+	gso := pkt.GSOOptions
+	l4 := uint16(header.EthernetMinimumSize) + gso.L3HdrLen
+	if gso.NeedsCsum {
+		o.NeedsCsum, o.CsumStart, o.CsumOffset = true, l4, gso.CsumOffset
+	}
+	if !super {
+		return
+	}
+	o.GSOType = vswitch.GSOTCPv4
+	if gso.Type == stack.GSOTCPv6 {
+		o.GSOType = vswitch.GSOTCPv6
+	}
+	o.GSOSize = gso.MSS
+	o.HdrLen = uint16(pkt.HeaderSize())
+}
+
+// GSOMaxSize and SupportedGSO offer host GSO to the stack's TCP: it hands
+// over super-segments with partial checksums instead of cutting and
+// summing each MSS itself.
+func (e *endpoint) GSOMaxSize() uint32               { return gsoMaxSize }
+func (e *endpoint) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }
 
 // MTU is the largest frame; the ethernet endpoint subtracts its header.
 func (e *endpoint) MTU() uint32 { return e.frameMTU }
@@ -119,10 +172,12 @@ func (e *endpoint) SetLinkAddress(addr tcpip.LinkAddress) {
 	e.mu.Unlock()
 }
 
-// Capabilities is none: the stack computes and verifies every checksum
-// itself (the Port has no GSO or checksum offload yet), and the ethernet
-// endpoint adds CapabilityResolutionRequired for ARP and NDP.
-func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+// Capabilities: received checksums are trusted (see deliver). Sent ones
+// are the stack's to compute, except TCP's, which GSO leaves partial. The
+// ethernet endpoint adds CapabilityResolutionRequired for ARP and NDP.
+func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityRXChecksumOffload
+}
 
 func (e *endpoint) Attach(d stack.NetworkDispatcher) {
 	e.mu.Lock()

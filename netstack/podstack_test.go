@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -69,7 +70,8 @@ func newGWNet(t *testing.T, opts Options) *gwNet {
 func (n *gwNet) addPod(t *testing.T, id byte) *Port {
 	t.Helper()
 	p, err := New(Options{
-		MAC: vswitch.MAC{0x02, 0, 0, 0, 0x10, id},
+		Name: fmt.Sprintf("pod%d", id),
+		MAC:  vswitch.MAC{0x02, 0, 0, 0, 0x10, id},
 		Addrs: []netip.Prefix{
 			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, 0, id}), 24),
 			netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x02, 3: 0x44, 15: id}), 64),

@@ -43,6 +43,9 @@ const (
 // Options configure a Port. The zero value of each optional field means its
 // default.
 type Options struct {
+	// Name is the port's name in the switch's counters (default
+	// "netstack").
+	Name string
 	// MAC is the gateway's address on the switch. Required, unicast.
 	MAC vswitch.MAC
 	// MTU is the IP MTU of the link (default 1500). Frames are up to
@@ -80,6 +83,7 @@ type Port struct {
 	log   *slog.Logger
 	caps  vswitch.Caps
 	mac   vswitch.MAC
+	pools *vswitch.Pools // frames the stack sends, and UDP segments
 	stack *stack.Stack
 	ep    *endpoint
 	done  chan struct{} // closed by Close; wakes ReadBatch
@@ -96,7 +100,7 @@ type Port struct {
 	closed bool
 	once   sync.Once
 
-	dropBadFrame atomic.Uint64 // too short, too long or a GSO frame
+	dropBadFrame atomic.Uint64 // too short, too long or a broken UDP super-frame
 	dropNoNIC    atomic.Uint64 // no NIC attached (never expected)
 	dropNotOurs  atomic.Uint64 // flooded unicast for another MAC
 }
@@ -113,13 +117,14 @@ func New(opts Options) (*Port, error) {
 	}
 	frameMTU := opts.MTU + header.EthernetMinimumSize
 	p := &Port{
-		opts: opts,
-		log:  opts.Logger.With("port", "netstack"),
-		caps: vswitch.Caps{MaxFrame: frameMTU},
-		mac:  opts.MAC,
-		ep:   newEndpoint(opts.MAC, frameMTU, opts.QueueLen, vswitch.NewPool(vswitch.SmallBufSize)),
-		done: make(chan struct{}),
+		opts:  opts,
+		log:   opts.Logger.With("port", opts.Name),
+		caps:  vswitch.Caps{GSO: true, MaxFrame: frameMTU},
+		mac:   opts.MAC,
+		pools: vswitch.NewPools(),
+		done:  make(chan struct{}),
 	}
+	p.ep = newEndpoint(opts.MAC, frameMTU, opts.QueueLen, p.pools)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.stack = stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{
@@ -177,6 +182,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.QueueLen <= 0 {
 		o.QueueLen = defaultQueueLen
+	}
+	if o.Name == "" {
+		o.Name = "netstack"
 	}
 	if o.Dial == nil {
 		o.Dial = (&net.Dialer{}).DialContext
@@ -261,23 +269,32 @@ func tcpipError(op string, err tcpip.Error) error {
 	return fmt.Errorf("netstack: %s: %s", op, err)
 }
 
-// Name is "netstack".
-func (p *Port) Name() string { return "netstack" }
+// Name is Options.Name.
+func (p *Port) Name() string { return p.opts.Name }
 
-// Caps: ordinary frames up to MTU+14, no GSO. WriteBatch runs the stack's
-// input path, so it is not a non-blocking write.
+// Caps: GSO super-frames and partial checksums are welcome (TCP
+// super-frames go into the stack whole, see WriteBatch); ordinary frames
+// up to MTU+14. WriteBatch runs the stack's input path, so it is not a
+// non-blocking write.
 func (p *Port) Caps() vswitch.Caps { return p.caps }
 
 // Queues is 1: all the stack's output goes through one queue, so flows stay
 // in order.
 func (p *Port) Queues() int { return 1 }
 
+// maxSuperFrame is the largest GSO super-frame taken: an IP packet of 64
+// KiB and its Ethernet header.
+const maxSuperFrame = header.EthernetMinimumSize + 0xffff
+
 // WriteBatch delivers each frame into the stack and releases it, on the
-// caller's goroutine. Frames that are too short, too long or GSO
-// super-frames are dropped and counted, not errors. It never waits on the
-// stack's output: replies the stack sends meanwhile go to the bounded queue.
-// After Close it releases the frames and returns 0 and an error wrapping
-// vswitch.ErrClosed.
+// caller's goroutine. A TCP super-frame is delivered whole, as one large
+// segment, the way the kernel's GRO would hand it up: gVisor's TCP takes
+// any segment that fits its window, and one delivery replaces dozens. A
+// UDP super-frame is cut into its datagrams first. Frames that are too
+// short or too long, or flooded for another MAC, are dropped and counted,
+// not errors. It never waits on the stack's output: replies the stack
+// sends meanwhile go to the bounded queue. After Close it releases the
+// frames and returns 0 and an error wrapping vswitch.ErrClosed.
 func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -288,17 +305,37 @@ func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
 		return 0, fmt.Errorf("netstack: write: %w", vswitch.ErrClosed)
 	}
 	for _, f := range frames {
-		switch {
-		case f.Len() < header.EthernetMinimumSize || f.Len() > p.caps.MaxFrame || f.Offload.GSOType != vswitch.GSONone:
-			p.dropBadFrame.Add(1)
-		case !p.forUs(f.Bytes()):
-			p.dropNotOurs.Add(1)
-		case !p.ep.deliver(f.Bytes()):
-			p.dropNoNIC.Add(1)
-		}
+		p.writeFrame(f)
 		f.Release()
 	}
 	return len(frames), nil
+}
+
+// writeFrame delivers one frame; the caller releases it.
+func (p *Port) writeFrame(f *vswitch.Frame) {
+	gso := f.Offload.GSOType
+	switch {
+	case f.Len() < header.EthernetMinimumSize,
+		gso == vswitch.GSONone && f.Len() > p.caps.MaxFrame,
+		f.Len() > maxSuperFrame:
+		p.dropBadFrame.Add(1)
+	case !p.forUs(f.Bytes()):
+		p.dropNotOurs.Add(1)
+	case gso == vswitch.GSOUDPL4:
+		segs, err := vswitch.Segment(nil, f, p.pools)
+		if err != nil {
+			p.dropBadFrame.Add(1)
+			return
+		}
+		for _, s := range segs {
+			if !p.ep.deliver(s.Bytes()) {
+				p.dropNoNIC.Add(1)
+			}
+			s.Release()
+		}
+	case !p.ep.deliver(f.Bytes()):
+		p.dropNoNIC.Add(1)
+	}
 }
 
 // ReadBatch blocks until the stack has sent at least one frame, then
