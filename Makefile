@@ -53,7 +53,7 @@ bench-scale: build
 
 # Debian packages the demo and the benchmarks use, installed when missing
 # (ethtool: the bench records the pods' offload settings).
-DEB_DEPS := iperf3 iputils-ping ethtool
+DEB_DEPS := iperf3 iputils-ping ethtool iptables
 deps:
 	@missing=""; for p in $(DEB_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

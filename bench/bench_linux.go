@@ -16,18 +16,20 @@ const benchMTU = 1500
 // opts.rounds rounds, prints the table and writes opts.out. Whatever
 // happens, it removes everything it made before it returns.
 func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		return fmt.Errorf("iperf3 not found (make deps installs it): %w", err)
+	for _, tool := range []string{"iperf3", "iptables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found (make deps installs it): %w", tool, err)
+		}
 	}
 	cl := new(cleanups)
 	defer func() { err = finish(ctx, w, cl, err) }()
 
-	progress(w, "setting up: kernel bridge + veth (namespaces %sk-*)", nsPrefix())
+	progress(w, "setting up: kernel bridge + veth, and routing + MASQUERADE to a world (namespaces %sk-*)", nsPrefix())
 	kernel, err := setupKernel(ctx, cl, benchMTU)
 	if err != nil {
 		return err
 	}
-	progress(w, "setting up: tapswitchd from %s (namespaces %st-*)", opts.binDir, nsPrefix())
+	progress(w, "setting up: tapswitchd from %s in a node namespace, with a world (namespaces %st-*)", opts.binDir, nsPrefix())
 	tsw, err := setupTapswitch(ctx, cl, opts, benchMTU)
 	if err != nil {
 		return err
@@ -35,6 +37,9 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	variants := []*variant{kernel, tsw}
 	for _, v := range variants {
 		if err := waitReachable(ctx, v); err != nil {
+			return err
+		}
+		if err := waitOutside(ctx, v); err != nil {
 			return err
 		}
 	}

@@ -24,6 +24,7 @@ import (
 func TestShortBench(t *testing.T) {
 	testutil.RequireRoot(t)
 	requireTool(t, "iperf3")
+	requireTool(t, "iptables")
 	bin := buildBinaries(t)
 	testutil.CheckGoroutines(t)
 	out := filepath.Join(t.TempDir(), "latest.json")
@@ -41,7 +42,8 @@ func TestShortBench(t *testing.T) {
 		Meta     map[string]any                `json:"meta"`
 	}
 	readJSON(t, out, &res)
-	common := []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rtt_us", "rr_us", "cpu_s_per_gb"}
+	common := []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rtt_us", "rr_us", "cpu_s_per_gb",
+		"egress_tcp_gbps", "egress_cpu_s_per_gb", "egress_rr_us", "node_tcp_gbps"}
 	for _, name := range []string{"kernel", "tapswitch"} {
 		v, ok := res.Variants[name]
 		if !ok {

@@ -27,29 +27,39 @@ type daemonProc struct {
 	exited chan error // gets Wait's result once
 }
 
-// startDaemon starts bin/tapswitchd on podCIDR with its files in dir,
-// registers its stop on cl and waits until its socket accepts connections.
-func startDaemon(ctx context.Context, cl *cleanups, binDir, dir string, podCIDR netip.Prefix, mtu int) (*daemonProc, error) {
+// startDaemon starts bin/tapswitchd on podCIDR inside the namespace node,
+// which plays the node, with its files in dir, registers its stop on cl
+// and waits until its socket accepts connections. The daemon's host port
+// (tsw0, with a route to podCIDR) and its egress sockets are the node
+// namespace's, so the machine's root namespace gains no device or route.
+// It forwards DNS nowhere (--dns none): nothing the harness measures asks.
+func startDaemon(ctx context.Context, cl *cleanups, binDir, dir, node string, podCIDR netip.Prefix, mtu int) (*daemonProc, error) {
 	d := &daemonProc{
 		binDir: binDir,
 		socket: filepath.Join(dir, "tapswitchd.sock"),
 		log:    filepath.Join(dir, "tapswitchd.log"),
 		exited: make(chan error, 1),
 	}
+	// ip runs the daemon, so a missing binary would only show in the log.
+	if _, err := os.Stat(filepath.Join(binDir, "tapswitchd")); err != nil {
+		return nil, fmt.Errorf("tapswitchd (make build first?): %w", err)
+	}
 	logf, err := os.Create(d.log)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close() // the child has its own copy
-	d.cmd = exec.Command(filepath.Join(binDir, "tapswitchd"),
+	// ip netns exec enters the namespace and execs the daemon, so the
+	// process the harness signals and meters is tapswitchd itself.
+	d.cmd = exec.Command("ip", "netns", "exec", node, filepath.Join(binDir, "tapswitchd"),
 		"--socket", d.socket, "--state-dir", filepath.Join(dir, "state"),
-		"--pod-cidr", podCIDR.String(), "--mtu", fmt.Sprint(mtu), "--log-level", "warn")
+		"--pod-cidr", podCIDR.String(), "--mtu", fmt.Sprint(mtu), "--dns", "none", "--log-level", "warn")
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C reaches the harness, which detaches
 	// the pods before it stops the daemon.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start tapswitchd (make build first?): %w", err)
+		return nil, fmt.Errorf("start tapswitchd: %w", err)
 	}
 	go func() { d.exited <- d.cmd.Wait() }()
 	cl.add("tapswitchd", d.stop)

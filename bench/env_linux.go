@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -21,8 +22,11 @@ type env struct {
 	CPUModel string `json:"cpu_model"`
 	Iperf3   string `json:"iperf3"`
 	MTU      int    `json:"mtu"`
-	// Offloads maps a variant to the offload features of its client pod's
-	// interface, as ethtool -k shows them.
+	// Offloads maps an interface to its offload features, as ethtool -k
+	// shows them: under each variant's name its client pod's interface,
+	// and under "VARIANT ROLE" the interfaces of its way out (the egress
+	// pod when it is another, the node's interface on the pod network and
+	// the node's end of the world veth).
 	Offloads map[string]map[string]string `json:"offloads"`
 }
 
@@ -43,15 +47,44 @@ func collectEnv(ctx context.Context, variants []*variant) (env, error) {
 	if out, err := exec.CommandContext(ctx, "iperf3", "--version").Output(); err == nil {
 		e.Iperf3, _, _ = strings.Cut(string(out), "\n")
 	}
+	first := ""
 	for _, v := range variants {
-		mtu, err := linkMTU(ctx, v.client.ns, v.client.ifname)
-		if err != nil {
-			return e, err
+		for _, it := range recordedLinks(v) {
+			mtu, err := linkMTU(ctx, it.link.ns, it.link.ifname)
+			if err != nil {
+				return e, err
+			}
+			// Every one is set to benchMTU; a difference would make
+			// the variants' figures incomparable.
+			if first != "" && mtu != e.MTU {
+				return e, fmt.Errorf("MTU of %s (%s) is %d, of %s %d: want the same everywhere", it.key, it.link.ifname, mtu, first, e.MTU)
+			}
+			first, e.MTU = it.key, mtu
+			e.Offloads[it.key] = offloads(ctx, it.link)
 		}
-		e.MTU = mtu // the same for every variant: both are set to benchMTU
-		e.Offloads[v.name] = offloads(ctx, v.client)
 	}
 	return e, nil
+}
+
+// recordedLink is an interface whose MTU and offloads collectEnv records,
+// under key.
+type recordedLink struct {
+	key  string
+	link pod
+}
+
+// recordedLinks lists v's interfaces that carry the measured traffic and
+// whose offloads change the figures.
+func recordedLinks(v *variant) []recordedLink {
+	links := []recordedLink{{v.name, v.client}}
+	o := v.outside
+	if o.pod.ns != v.client.ns {
+		links = append(links, recordedLink{v.name + " egress pod", o.pod})
+	}
+	return append(links,
+		recordedLink{v.name + " node " + o.node.ifname, o.node},
+		recordedLink{v.name + " node " + worldVeth + " veth", pod{ns: o.node.ns, ifname: worldVeth}},
+	)
 }
 
 // offloads returns the offload features of p's interface, or one entry

@@ -1,28 +1,40 @@
 // Command bench is tapswitch's end-to-end benchmark (make bench, make
 // bench-scale). Run it as root from the repository root after make build.
 //
-// The default mode builds two identical two-pod set-ups in one run on one
-// machine and measures both with the same tools:
+// The default mode builds two identical set-ups in one run on one machine
+// and measures both with the same tools:
 //
 //   - kernel: a Linux bridge in a "node" namespace of its own, with one
-//     veth pair to each of two pod namespaces;
-//   - tapswitch: bin/tapswitchd with a private socket and state folder,
-//     attaching two pod namespaces with tapswitchctl.
+//     veth pair to each of two pod namespaces; and, in a second node
+//     namespace, a bridge holding the pods' gateway address, a pod behind
+//     a veth, and routing with iptables MASQUERADE to a "world" namespace
+//     behind another veth (ip_forward and the rule set in that namespace
+//     only);
+//   - tapswitch: bin/tapswitchd running inside a node namespace (its host
+//     port tsw0 and its egress sockets are there) with a private socket
+//     and state folder, two pod namespaces attached with tapswitchctl, and
+//     a world namespace behind a veth from the node.
 //
-// Figures: iperf3 TCP with 1 and 4 streams, UDP 64-byte datagrams per
-// second at the receiver, ping RTT p50, UDP request/response p50, and CPU
-// seconds per GB during the TCP tests. Every figure is taken -rounds times
+// Figures: between two pods, iperf3 TCP with 1 and 4 streams, UDP 64-byte
+// datagrams per second at the receiver, ping RTT p50, UDP
+// request/response p50, and CPU seconds per GB during the TCP tests; out
+// of the pod network, iperf3 TCP pod → world (kernel: routing and NAT;
+// tapswitch: the netstack gateway) with its CPU per GB, UDP
+// request/response pod → world p50, and iperf3 TCP pod → node (the bridge's
+// address; tapswitch's host port). Every figure is taken -rounds times
 // and the median reported. It prints one table with the ratio
 // tapswitch/kernel of each figure and writes -out (bench/results/latest.json).
 //
-// With -scale it measures one daemon with -pods pods instead: attach time
-// per pod, daemon memory per pod, the cost of flooding a broadcast to every
-// pod, and the switch's FDB lookup benchmark; it writes -scale-out.
+// With -scale it measures one daemon (in a node namespace too) with -pods
+// pods instead: attach time per pod, daemon memory per pod, the cost of
+// flooding a broadcast to every pod, and the switch's FDB lookup
+// benchmark; it writes -scale-out.
 //
-// Traffic goes only between namespaces the harness creates. Their names
-// start with tswb-PID-, and everything the harness makes (namespaces,
-// processes, the temporary folder) is removed when it ends, also on
-// failure, SIGINT and SIGTERM.
+// Traffic goes only between namespaces the harness creates, and the
+// machine's root namespace gets no device, route, sysctl or firewall rule.
+// Their names start with tswb-PID-, and everything the harness makes
+// (namespaces, processes, the temporary folder) is removed when it ends,
+// also on failure, SIGINT and SIGTERM.
 package main
 
 import (

@@ -29,6 +29,10 @@ var figures = []figure{
 	{"rr_us", "UDP request/response p50, µs", "%.1f", true},
 	{"cpu_s_per_gb", "machine CPU in TCP tests, s/GB", "%.2f", true},
 	{"switch_cpu_s_per_gb", "switch process CPU in TCP, s/GB", "%.2f", true},
+	{"egress_tcp_gbps", "TCP pod → world, Gbit/s", "%.2f", false},
+	{"egress_cpu_s_per_gb", "machine CPU, pod → world, s/GB", "%.2f", true},
+	{"egress_rr_us", "UDP req/resp pod → world p50, µs", "%.1f", true},
+	{"node_tcp_gbps", "TCP pod → node, Gbit/s", "%.2f", false},
 }
 
 // variant is one two-pod set-up under test and what was measured on it.
@@ -38,6 +42,7 @@ type variant struct {
 	switchPID      int                  // the process that switches; 0 for the kernel
 	daemon         *daemonProc          // tapswitch only
 	attached       []attachedPod        // the daemon's answers (tapswitch only)
+	outside        outside              // the way out of the pod network: egress and pod → node
 	samples        map[string][]float64 // figure key → one value per round
 }
 
@@ -79,7 +84,7 @@ func measureRound(ctx context.Context, w io.Writer, v *variant, opts options) er
 	rr := percentile(rtts, 50)
 	v.add("rr_us", micros(rr))
 	progress(w, "  %-9s UDP req/resp %6.1f µs p50, p99 %.1f µs (%d exchanges)", v.name, micros(rr), micros(percentile(rtts, 99)), len(rtts))
-	return nil
+	return measureOutside(ctx, w, v, opts)
 }
 
 // measureTCP runs the single-stream and the four-stream iperf3 tests and
@@ -192,22 +197,27 @@ func pingP50(ctx context.Context, v *variant, n int) (time.Duration, error) {
 // waitReachable pings v's server from its client until it answers, for up
 // to 10 s: a new bridge port or TAP may take a moment.
 func waitReachable(ctx context.Context, v *variant) error {
+	return waitPing(ctx, v.name, v.client, v.server)
+}
+
+// waitPing pings to from from until it answers, for up to 10 s, then
+// sends a few more to warm up caches, ARP and the FDB before measuring.
+func waitPing(ctx context.Context, name string, from, to pod) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		res, err := pinger.Ping(v.client.path, v.server.ip.Addr(), 1, 500*time.Millisecond)
+		res, err := pinger.Ping(from.path, to.ip.Addr(), 1, 500*time.Millisecond)
 		if err != nil {
-			return fmt.Errorf("%s: %w", v.name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		if res.Received == 1 {
-			// Warm up caches, ARP and the FDB before measuring.
-			_, err := pinger.Ping(v.client.path, v.server.ip.Addr(), 20, time.Second)
+			_, err := pinger.Ping(from.path, to.ip.Addr(), 20, time.Second)
 			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: pod %s does not answer pod %s's ping", v.name, v.server.ip.Addr(), v.client.ip.Addr())
+			return fmt.Errorf("%s: %s does not answer pod %s's ping", name, to.ip.Addr(), from.ip.Addr())
 		}
 	}
 }

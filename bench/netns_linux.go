@@ -41,6 +41,15 @@ func addNetNS(ctx context.Context, cl *cleanups, suffix string) (name, path stri
 	return name, filepath.Join(netnsDir, name), nil
 }
 
+// addNodeNS creates a namespace that plays a node, as addNetNS does, with
+// its loopback up as a node's is.
+func addNodeNS(ctx context.Context, cl *cleanups, suffix string) (name, path string, err error) {
+	if name, path, err = addNetNS(ctx, cl, suffix); err != nil {
+		return "", "", err
+	}
+	return name, path, ipCmd(ctx, "-n", name, "link", "set", "lo", "up")
+}
+
 // deleteNetNS removes a namespace and with it every device inside it.
 // It runs during clean-up, so it does not take the (maybe cancelled)
 // context of the run.
@@ -79,6 +88,26 @@ func nsCommand(ctx context.Context, ns, name string, args ...string) *exec.Cmd {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
+}
+
+// linkAddr4 returns the first IPv4 address, with its prefix, of ifname
+// inside the namespace ns.
+func linkAddr4(ctx context.Context, ns, ifname string) (netip.Prefix, error) {
+	out, err := exec.CommandContext(ctx, "ip", "-n", ns, "-j", "-4", "addr", "show", "dev", ifname).Output()
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("ip -n %s addr show %s: %w", ns, ifname, err)
+	}
+	var links []struct {
+		AddrInfo []struct {
+			Local     string `json:"local"`
+			PrefixLen int    `json:"prefixlen"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 || len(links[0].AddrInfo) == 0 {
+		return netip.Prefix{}, fmt.Errorf("ip -n %s addr show %s: no IPv4 address in %q", ns, ifname, out)
+	}
+	a := links[0].AddrInfo[0]
+	return netip.ParsePrefix(fmt.Sprintf("%s/%d", a.Local, a.PrefixLen))
 }
 
 // linkMTU returns the MTU of ifname inside the namespace ns.

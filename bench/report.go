@@ -44,6 +44,9 @@ var resultNotes = []string{
 	"rtt_us: ICMP echo round trip, one at a time; rr_us: 32-byte UDP request and echo, one at a time; both p50",
 	"cpu_s_per_gb: busy CPU time of the whole machine (/proc/stat) during the two TCP tests, per GB the receiver got, for both variants; the kernel bridge has no process of its own, so its work is only in this figure",
 	"switch_cpu_s_per_gb: tapswitchd's utime+stime (/proc/PID/stat) over the same tests; it includes the receiving pod's kernel stack, which runs inside the daemon's TAP writes",
+	"egress_*: a pod to a server in a world namespace behind a veth from the node namespace, which has no route back to the pods; kernel: another node namespace with a bridge holding the pods' gateway address, ip_forward and iptables MASQUERADE out of the world veth (all inside that namespace); tapswitch: tapswitchd runs in its node namespace, its gateway ends the pod's TCP and UDP and a node socket carries them on",
+	"egress_tcp_gbps and node_tcp_gbps: iperf3, 1 stream; egress_cpu_s_per_gb: the machine's busy CPU during the egress TCP test per GB received; egress_rr_us: 32-byte UDP request and echo pod → world, one at a time, p50",
+	"node_tcp_gbps: a pod to a server in the node namespace on the node's address in the pod network: kernel, the bridge's address (br0); tapswitch, the host port tsw0, the last usable address of the pod cidr",
 }
 
 // newResults gathers the medians, ratios and meta of a finished run.
@@ -81,7 +84,7 @@ func newResults(kernel, tsw *variant, e env, opts options) results {
 func printEnv(w io.Writer, e env, pods []attachedPod) {
 	fmt.Fprintf(w, "\nkernel %s, %d CPUs (%s), MTU %d, %s\n", e.Kernel, e.CPUs, e.CPUModel, e.MTU, e.Iperf3)
 	for _, name := range slices.Sorted(maps.Keys(e.Offloads)) {
-		fmt.Fprintf(w, "offloads %-9s %s\n", name, formatOffloads(e.Offloads[name]))
+		fmt.Fprintf(w, "offloads %-26s %s\n", name, formatOffloads(e.Offloads[name]))
 	}
 	for _, p := range pods {
 		var parts []string
@@ -131,6 +134,7 @@ func printTable(w io.Writer, res results) {
 		fmt.Fprintf(w, row, f.label, cell(k, f), cell(t, f), ratio, better)
 	}
 	fmt.Fprintln(w, "cpu: whole machine's busy CPU for both; switch process: tapswitchd only (the kernel bridge has none)")
+	fmt.Fprintln(w, "pod → world: kernel routing + iptables MASQUERADE in a node namespace against tapswitchd's netstack gateway; pod → node: bridge address against the host port tsw0")
 }
 
 // writeJSON writes v, indented, to file through a temporary file in the

@@ -76,14 +76,19 @@ func runScale(ctx context.Context, opts options, w io.Writer) (err error) {
 	return nil
 }
 
-// measurePods starts a daemon, creates the namespaces, and measures the
+// measurePods starts a daemon in a node namespace of its own, creates the
+// pods' namespaces, and measures the
 // attaches, the memory, the flood and the detaches into res.
 func measurePods(ctx context.Context, w io.Writer, cl *cleanups, opts options, res *scaleResults) error {
 	dir, err := newTempDir(cl)
 	if err != nil {
 		return err
 	}
-	d, err := startDaemon(ctx, cl, opts.binDir, dir, scaleSubnet, benchMTU)
+	node, _, err := addNodeNS(ctx, cl, "s-node")
+	if err != nil {
+		return err
+	}
+	d, err := startDaemon(ctx, cl, opts.binDir, dir, node, scaleSubnet, benchMTU)
 	if err != nil {
 		return err
 	}
@@ -118,7 +123,7 @@ func measurePods(ctx context.Context, w io.Writer, cl *cleanups, opts options, r
 	}
 	res.RSSPerPodKiB = float64(res.RSSAfter-res.RSSBefore) / 1024 / float64(opts.pods)
 
-	progress(w, "flooding %d broadcasts, %d/s, from one pod to %d", opts.floods, opts.floodRate, opts.pods-1)
+	progress(w, "flooding %d broadcasts, %d/s, from one pod to %d and the daemon's gateway and host port", opts.floods, opts.floodRate, opts.pods-1)
 	if res.Flood, err = measureFlood(ctx, c, d.pid(), attached, opts.floods, opts.floodRate); err != nil {
 		return err
 	}
