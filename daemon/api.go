@@ -38,6 +38,17 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.Stats())
 	})
+	mux.HandleFunc("GET /v1/forwards", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Forwards())
+	})
+	mux.HandleFunc("POST /v1/forwards", d.handleAddForward)
+	mux.HandleFunc("DELETE /v1/forwards/{proto}/{listen}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.DeleteForward(r.PathValue("proto"), r.PathValue("listen")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.Handle("GET /metrics", d.metrics)
 	return mux
 }
@@ -74,6 +85,22 @@ func (d *Daemon) handleAddPod(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, pod)
+}
+
+func (d *Daemon) handleAddForward(w http.ResponseWriter, r *http.Request) {
+	var req ForwardRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: body: %v", ErrInvalid, err))
+		return
+	}
+	fw, err := d.AddForward(req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, fw)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

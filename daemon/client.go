@@ -91,6 +91,29 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	return st, err
 }
 
+// AddForward makes a port forward.
+func (c *Client) AddForward(ctx context.Context, req ForwardRequest) (Forward, error) {
+	var fw Forward
+	err := c.do(ctx, http.MethodPost, "/v1/forwards", req, &fw)
+	return fw, err
+}
+
+// DeleteForward removes the port forward of proto ("tcp" or "udp") on the
+// listen address.
+func (c *Client) DeleteForward(ctx context.Context, proto, listen string) error {
+	if proto == "" {
+		proto = ProtoTCP
+	}
+	return c.do(ctx, http.MethodDelete, "/v1/forwards/"+url.PathEscape(proto)+"/"+url.PathEscape(listen), nil, nil)
+}
+
+// Forwards lists the port forwards.
+func (c *Client) Forwards(ctx context.Context) ([]Forward, error) {
+	var fws []Forward
+	err := c.do(ctx, http.MethodGet, "/v1/forwards", nil, &fws)
+	return fws, err
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {

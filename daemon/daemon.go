@@ -72,10 +72,11 @@ type Daemon struct {
 	gw    *netstack.Port // the pods' gateway, a port of sw
 	state *stateFile
 
-	mu   sync.Mutex // guards pods, v4, v6
-	pods map[string]*podEntry
-	v4   *addrRange
-	v6   *addrRange
+	mu       sync.Mutex // guards pods, v4, v6, forwards
+	pods     map[string]*podEntry
+	v4       *addrRange
+	v6       *addrRange
+	forwards map[forwardKey]*forwarder // port forwards, see forwards.go
 
 	metrics http.Handler
 	ln      net.Listener
@@ -123,7 +124,7 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Queues < 1 || opts.Queues > 16 {
 		return nil, fmt.Errorf("queues %d: want 1 to 16", opts.Queues)
 	}
-	d := &Daemon{opts: opts, log: opts.Logger, pods: make(map[string]*podEntry)}
+	d := &Daemon{opts: opts, log: opts.Logger, pods: make(map[string]*podEntry), forwards: make(map[forwardKey]*forwarder)}
 	var err error
 	if !opts.PodCIDR.Addr().Is4() {
 		return nil, fmt.Errorf("pod cidr %q: want an IPv4 cidr", opts.PodCIDR)
@@ -222,6 +223,7 @@ func serveLoop(srv *http.Server, ln net.Listener, errc chan<- error) {
 // Close stops the switch and closes every TAP fd. It does not remove
 // devices or forget pods: they are re-attached on the next start.
 func (d *Daemon) Close() error {
+	d.closeForwards()
 	err := d.sw.Close()
 	if d.ln != nil {
 		os.Remove(d.opts.Socket)

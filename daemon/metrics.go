@@ -69,11 +69,61 @@ func (c *switchCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// forwardCollector exports the port forwards: how many there are and, per
+// forward, its connections, like switchCollector at each scrape.
+type forwardCollector struct {
+	d                                      *Daemon
+	forwards, active                       *prometheus.Desc
+	conns, dialErrors, drops, notListening *prometheus.Desc
+}
+
+func newForwardCollector(d *Daemon) *forwardCollector {
+	fwd := []string{"proto", "listen", "pod"}
+	desc := func(name, help string, labels []string) *prometheus.Desc {
+		return prometheus.NewDesc("tapswitch_"+name, help, labels, nil)
+	}
+	return &forwardCollector{
+		d:            d,
+		forwards:     desc("forwards", "Port forwards.", nil),
+		active:       desc("forward_active", "Open TCP connections or UDP flows of the forward.", fwd),
+		conns:        desc("forward_connections_total", "TCP connections accepted or UDP flows opened by the forward.", fwd),
+		dialErrors:   desc("forward_dial_errors_total", "Connections into the pod that failed (refused, timed out).", fwd),
+		drops:        desc("forward_udp_drops_total", "UDP datagrams the forward dropped (flow table full, send failed).", fwd),
+		notListening: desc("forward_not_listening", "1 if the forward could not listen again after a restart.", fwd),
+	}
+}
+
+func (c *forwardCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.forwards, c.active, c.conns, c.dialErrors, c.drops, c.notListening} {
+		ch <- d
+	}
+}
+
+func (c *forwardCollector) Collect(ch chan<- prometheus.Metric) {
+	stats := c.d.forwardStats()
+	ch <- prometheus.MustNewConstMetric(c.forwards, prometheus.GaugeValue, float64(len(stats)))
+	for _, st := range stats {
+		labels := []string{st.Proto, st.Listen.String(), st.Pod}
+		notListening := 0.0
+		if st.Error != "" {
+			notListening = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(st.active), labels...)
+		ch <- prometheus.MustNewConstMetric(c.notListening, prometheus.GaugeValue, notListening, labels...)
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.CounterValue, float64(st.conns), labels...)
+		ch <- prometheus.MustNewConstMetric(c.dialErrors, prometheus.CounterValue, float64(st.dialErrors), labels...)
+		if st.Proto == ProtoUDP {
+			ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(st.drops), labels...)
+		}
+	}
+}
+
 // metricsHandler serves the switch's metrics and the Go runtime's.
 func (d *Daemon) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		newSwitchCollector(d),
+		newForwardCollector(d),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -260,6 +260,7 @@ func (d *Daemon) DeletePod(id string) error {
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.dropForwardsLocked(id)
 	d.releaseLocked(pod)
 	delete(d.pods, id)
 	d.log.Info("pod deleted", "pod", id)
@@ -291,15 +292,15 @@ func (d *Daemon) PodByID(id string) (Pod, error) {
 	return e.Pod, nil
 }
 
-// saveLocked writes every pod, pending ones with their state, to the state
-// file. d.mu is held.
+// saveLocked writes every pod, pending ones with their state, and every
+// port forward to the state file. d.mu is held.
 func (d *Daemon) saveLocked() error {
 	pods := make([]savedPod, 0, len(d.pods))
 	for _, e := range d.pods {
 		pods = append(pods, savedPod{Pod: e.Pod, State: e.state})
 	}
 	slices.SortFunc(pods, func(a, b savedPod) int { return strings.Compare(a.ID, b.ID) })
-	return d.state.save(pods)
+	return d.state.write(savedState{Pods: pods, Forwards: d.savedForwardsLocked()})
 }
 
 // restore re-attaches the pods of the state file: their TAPs persisted
@@ -307,13 +308,13 @@ func (d *Daemon) saveLocked() error {
 // or finished; a pod whose netns or TAP is gone is forgotten and its
 // addresses released.
 func (d *Daemon) restore() error {
-	saved, err := d.state.load()
+	saved, err := d.state.read()
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, sp := range saved {
+	for _, sp := range saved.Pods {
 		pod := sp.Pod
 		if err := d.reserveSavedLocked(pod); err != nil {
 			return fmt.Errorf("state file %s: %w", d.state.path, err)
@@ -346,7 +347,7 @@ func (d *Daemon) restore() error {
 		d.pods[pod.ID].PortID = pod.PortID
 		d.log.Info("pod re-attached", "pod", pod.ID)
 	}
-	return d.saveLocked()
+	return d.restoreForwardsLocked(saved.Forwards)
 }
 
 // finishLocked completes an add (by undoing it) or a delete that a crash
@@ -380,6 +381,7 @@ func (d *Daemon) reserveSavedLocked(pod Pod) error {
 }
 
 func (d *Daemon) forgetLocked(pod Pod, why string) {
+	d.dropForwardsLocked(pod.ID)
 	d.releaseLocked(pod)
 	delete(d.pods, pod.ID)
 	d.log.Info("pod forgotten", "pod", pod.ID, "reason", why)

@@ -10,20 +10,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// stateFile keeps the attached pods on disk, so a restarted daemon knows
-// them again. Every change rewrites the whole file through a temporary file,
-// fsync and rename, so a crash leaves the old or the new version, never a
-// torn one. The daemon holds an flock on the state folder while it runs, so
-// two daemons never share one.
+// stateFile keeps the attached pods and the port forwards on disk, so a
+// restarted daemon knows them again. Every change rewrites the whole file
+// through a temporary file, fsync and rename, so a crash leaves the old or
+// the new version, never a torn one. The daemon holds an flock on the
+// state folder while it runs, so two daemons never share one.
 type stateFile struct {
 	path string
 	lock *os.File
 }
 
-// savedState is the file's content.
+// savedState is the file's content. Forwards were added to version 1
+// without a new version: a file without them has none, and an older daemon
+// reading a newer file ignores them (and drops them at its next save).
 type savedState struct {
-	Version int        `json:"version"`
-	Pods    []savedPod `json:"pods"`
+	Version  int        `json:"version"`
+	Pods     []savedPod `json:"pods"`
+	Forwards []Forward  `json:"forwards,omitempty"`
 }
 
 // savedPod is a pod and, while an add or delete is under way, which.
@@ -50,29 +53,31 @@ func openState(path string) (*stateFile, error) {
 	return &stateFile{path: path, lock: lock}, nil
 }
 
-// load returns the saved pods; none if the file does not exist yet. A file
-// that cannot be read or parsed is an error naming it, never a silent reset.
-func (s *stateFile) load() ([]savedPod, error) {
+// read returns the saved pods and forwards; none if the file does not
+// exist yet. A file that cannot be read or parsed is an error naming it,
+// never a silent reset.
+func (s *stateFile) read() (savedState, error) {
 	b, err := os.ReadFile(s.path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return savedState{Version: stateVersion}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("state: %w", err)
+		return savedState{}, fmt.Errorf("state: %w", err)
 	}
 	var st savedState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("state file %s is corrupt (move it away to start empty, which forgets every pod): %w", s.path, err)
+		return savedState{}, fmt.Errorf("state file %s is corrupt (move it away to start empty, which forgets every pod): %w", s.path, err)
 	}
 	if st.Version != stateVersion {
-		return nil, fmt.Errorf("state file %s has version %d, this tapswitchd reads version %d", s.path, st.Version, stateVersion)
+		return savedState{}, fmt.Errorf("state file %s has version %d, this tapswitchd reads version %d", s.path, st.Version, stateVersion)
 	}
-	return st.Pods, nil
+	return st, nil
 }
 
-// save replaces the file with pods, atomically.
-func (s *stateFile) save(pods []savedPod) error {
-	b, err := json.MarshalIndent(savedState{Version: stateVersion, Pods: pods}, "", "  ")
+// write replaces the file with st, atomically. It sets st's version.
+func (s *stateFile) write(st savedState) error {
+	st.Version = stateVersion
+	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}

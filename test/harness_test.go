@@ -34,6 +34,13 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	// Go probes once per process whether the host has IPv6, by binding
+	// ::1, at the first TCP listen. Tests listen inside pods whose
+	// loopback may be down; a probe there would make every later wildcard
+	// listener IPv4-only. Probe here, in the root namespace.
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		ln.Close()
+	}
 	dir, err := os.MkdirTemp("", "tapswitch-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -1,5 +1,6 @@
 // Command tapswitchctl is the operator's CLI of tapswitchd: attach network
-// namespaces as pods, list pods, the FDB and the counters.
+// namespaces as pods, forward host ports to them, list pods, forwards, the
+// FDB and the counters.
 package main
 
 import (
@@ -22,6 +23,12 @@ Commands:
   pod add --id ID --netns PATH [--ifname eth0]   attach a network namespace as a pod
   pod del --id ID                                detach a pod and remove its TAP
   pods                                           list pods
+  forward add --listen ADDR:PORT --pod ID --port PORT [--proto tcp|udp]
+                                                 listen on a host address and
+                                                 forward to a pod's port
+  forward del --listen ADDR:PORT [--proto tcp|udp]
+                                                 remove a port forward
+  forward list                                   list port forwards
   fdb                                            list learned MAC addresses
   stats                                          per-port counters
 
@@ -60,6 +67,9 @@ var commands = []command{
 	{"pod add", podAddCmd},
 	{"pod del", podDelCmd},
 	{"pods", podsCmd},
+	{"forward add", forwardAddCmd},
+	{"forward del", forwardDelCmd},
+	{"forward list", forwardListCmd},
 	{"fdb", fdbCmd},
 	{"stats", statsCmd},
 }

@@ -1,0 +1,859 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"tapswitch/internal/netnsutil"
+	"tapswitch/internal/testutil"
+)
+
+// The forward tests run the daemon in the test's own namespace (no host
+// port), its pods in namespaces the test creates, and the forwards'
+// listeners and clients on the loopback addresses 127.0.0.1 and ::1.
+
+// newForwardDaemon returns a dual-stack daemon over stateDir that is not
+// serving and is closed when the test ends.
+func newForwardDaemon(t *testing.T, stateDir string, udpIdle time.Duration) *Daemon {
+	t.Helper()
+	var log *slog.Logger
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	d, err := New(Options{
+		Logger:         log,
+		PodCIDR:        netip.MustParsePrefix("10.252.9.0/29"),
+		PodCIDR6:       netip.MustParsePrefix("fd00:252:9::/64"),
+		StateDir:       stateDir,
+		Socket:         filepath.Join(t.TempDir(), "sock"),
+		UDPIdleTimeout: udpIdle,
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// addForwardPod attaches a new namespace as pod id. Its loopback is up:
+// the Go runtime probes the kernel's IPv6 support once per process, on the
+// first TCP listen, by binding ::1 in whatever namespace that happens; in
+// a namespace without loopback the probe fails and wildcard "tcp"
+// listeners of the whole test binary become IPv4 only.
+func addForwardPod(t *testing.T, d *Daemon, id string) (Pod, string) {
+	t.Helper()
+	ns := testutil.NewNetNS(t)
+	if out, err := exec.Command("ip", "-n", filepath.Base(ns), "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up in %s: %v: %s", ns, err, out)
+	}
+	pod, err := d.AddPod(PodRequest{ID: id, NetNS: ns})
+	if err != nil {
+		t.Fatalf("AddPod(%s): %v", id, err)
+	}
+	return pod, ns
+}
+
+// freeAddr returns a loopback address with a port that is free for both
+// TCP and UDP right now.
+func freeAddr(t *testing.T, ip string) string {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if pc, err := net.ListenPacket("udp", addr); err == nil {
+			pc.Close()
+			return addr
+		}
+	}
+	t.Fatal("no port free for both tcp and udp")
+	return ""
+}
+
+// checkFree fails unless addr can be listened on with proto: no forward
+// holds it.
+func checkFree(t *testing.T, proto, addr string) {
+	t.Helper()
+	if proto == ProtoUDP {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			t.Errorf("udp %s is not free: %v", addr, err)
+			return
+		}
+		pc.Close()
+		return
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Errorf("tcp %s is not free: %v", addr, err)
+		return
+	}
+	ln.Close()
+}
+
+// podServer serves TCP on port of each pod address family inside the pod's
+// namespace with handle, one goroutine per connection, until the test
+// ends. Then it closes the connections still open: a pod that was deleted
+// never ends them.
+func podServer(t *testing.T, ns string, port int, handle func(c *net.TCPConn)) {
+	t.Helper()
+	// One listener per family: a wildcard "tcp" listener is IPv4 only if
+	// the Go runtime probed for IPv6 in a namespace without loopback.
+	for _, network := range []string{"tcp4", "tcp6"} {
+		var ln net.Listener
+		err := netnsutil.Do(ns, func() (err error) {
+			ln, err = net.Listen(network, fmt.Sprintf(":%d", port))
+			return err
+		})
+		if err != nil {
+			t.Fatalf("listen in pod: %v", err)
+		}
+		serve(t, ln, handle)
+	}
+}
+
+// serve runs handle for each connection ln accepts until the test ends.
+func serve(t *testing.T, ln net.Listener, handle func(c *net.TCPConn)) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // guards conns
+		conns = make(map[net.Conn]bool)
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				handle(c.(*net.TCPConn))
+			})
+		}
+	})
+}
+
+// podUDPEcho answers every datagram to port inside the pod's namespace
+// with the same bytes, until the test ends.
+func podUDPEcho(t *testing.T, ns string, port int) {
+	t.Helper()
+	for _, network := range []string{"udp4", "udp6"} {
+		var pc net.PacketConn
+		err := netnsutil.Do(ns, func() (err error) {
+			pc, err = net.ListenPacket(network, fmt.Sprintf(":%d", port))
+			return err
+		})
+		if err != nil {
+			t.Fatalf("listen udp in pod: %v", err)
+		}
+		udpEcho(t, pc)
+	}
+}
+
+// udpEcho answers every datagram pc receives with the same bytes, until
+// the test ends.
+func udpEcho(t *testing.T, pc net.PacketConn) {
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		pc.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	})
+}
+
+// echo copies what the client sends back to it and half-closes when the
+// client did.
+func echo(c *net.TCPConn) {
+	if _, err := io.Copy(c, c); err == nil {
+		c.CloseWrite()
+	}
+}
+
+// roundTrip sends payload on a new connection to addr, half-closes, and
+// returns everything read back until EOF.
+func roundTrip(t *testing.T, addr string, payload []byte) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read from %s: %v", addr, err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write to %s: %v", addr, err)
+	}
+	return got
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestForwardTCP(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckGoroutines(t)
+	d := newForwardDaemon(t, t.TempDir(), 0)
+	pod, ns := addForwardPod(t, d, "web")
+	var peers sync.Map // the clients' addresses as the pod's servers saw them
+	podServer(t, ns, 8080, func(c *net.TCPConn) {
+		peers.Store(c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(), true)
+		echo(c)
+	})
+	// The pod speaks first and half-closes, then reads what the client
+	// sends after it saw the pod's FIN.
+	late := make(chan []byte, 1)
+	podServer(t, ns, 8081, func(c *net.TCPConn) {
+		c.Write([]byte("banner"))
+		c.CloseWrite()
+		b, _ := io.ReadAll(c)
+		late <- b
+	})
+
+	for _, listen := range []string{freeAddr(t, "127.0.0.1"), freeAddr(t, "::1")} {
+		t.Run(listen, func(t *testing.T) {
+			fw, err := d.AddForward(ForwardRequest{Listen: listen, Pod: "web", Port: 8080})
+			if err != nil {
+				t.Fatalf("AddForward: %v", err)
+			}
+			want := pod.IPs[0].Addr()
+			if netip.MustParseAddrPort(listen).Addr().Is6() {
+				want = pod.IPs[1].Addr()
+			}
+			if fw.Target != netip.AddrPortFrom(want, 8080) || fw.Proto != ProtoTCP {
+				t.Errorf("AddForward = %+v, want tcp to %s:8080", fw, want)
+			}
+			payload := randomBytes(t, 4<<20)
+			if got := roundTrip(t, listen, payload); !bytes.Equal(got, payload) {
+				t.Fatalf("echo through %s: got %d bytes, want the %d sent", listen, len(got), len(payload))
+			}
+			// Many short connections, one after the other.
+			for i := range 20 {
+				msg := fmt.Appendf(nil, "hello %d", i)
+				if got := roundTrip(t, listen, msg); !bytes.Equal(got, msg) {
+					t.Fatalf("short echo %d = %q, want %q", i, got, msg)
+				}
+			}
+		})
+	}
+	// The pod saw the gateway as the client.
+	peers.Range(func(k, _ any) bool {
+		if a := k.(netip.Addr); a != d.v4.gateway && a != d.v6.gateway {
+			t.Errorf("pod server saw client %s, want a gateway address", a)
+		}
+		return true
+	})
+
+	t.Run("half-close from the pod", func(t *testing.T) {
+		listen := freeAddr(t, "127.0.0.1")
+		if _, err := d.AddForward(ForwardRequest{Listen: listen, Pod: "web", Port: 8081}); err != nil {
+			t.Fatalf("AddForward: %v", err)
+		}
+		c, err := net.Dial("tcp", listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		banner, err := io.ReadAll(c) // ends with the pod's FIN
+		if err != nil || string(banner) != "banner" {
+			t.Fatalf("read banner = %q, %v; want banner then EOF", banner, err)
+		}
+		if _, err := c.Write([]byte("after your fin")); err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		if got := <-late; string(got) != "after your fin" {
+			t.Errorf("pod read %q after its half-close, want %q", got, "after your fin")
+		}
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		listen := freeAddr(t, "127.0.0.1")
+		if _, err := d.AddForward(ForwardRequest{Listen: listen, Pod: "web", Port: 9}); err != nil {
+			t.Fatalf("AddForward: %v", err)
+		}
+		// The reset may come before the kernel's connect returns.
+		c, err := net.Dial("tcp", listen)
+		if err == nil {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(time.Minute))
+			_, err = c.Read(make([]byte, 1))
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("connection to a forward to a closed pod port: %v, want connection reset", err)
+		}
+		// The metrics count the forwards and the failed connect.
+		rec := httptest.NewRecorder()
+		d.metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		body := rec.Body.String()
+		for _, want := range []string{
+			"tapswitch_forwards 4\n",
+			fmt.Sprintf("tapswitch_forward_dial_errors_total{listen=%q,pod=\"web\",proto=\"tcp\"} 1\n", listen),
+			fmt.Sprintf("tapswitch_forward_not_listening{listen=%q,pod=\"web\",proto=\"tcp\"} 0\n", listen),
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("metrics lack %q:\n%s", want, body)
+			}
+		}
+	})
+}
+
+func TestForwardUDP(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckGoroutines(t)
+	const idle = 300 * time.Millisecond
+	d := newForwardDaemon(t, t.TempDir(), idle)
+	_, ns := addForwardPod(t, d, "dns")
+	podUDPEcho(t, ns, 5353)
+	listen := freeAddr(t, "127.0.0.1")
+	fw, err := d.AddForward(ForwardRequest{Listen: listen, Proto: "udp", Pod: "dns", Port: 5353})
+	if err != nil {
+		t.Fatalf("AddForward: %v", err)
+	}
+	// Two clients: each gets its own answers back.
+	var clients []net.Conn
+	for range 2 {
+		c, err := net.Dial("udp", listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	for i := range 10 {
+		for j, c := range clients {
+			msg := fmt.Appendf(nil, "client %d datagram %d", j, i)
+			if got := udpExchange(t, c, msg); !bytes.Equal(got, msg) {
+				t.Fatalf("udp echo = %q, want %q", got, msg)
+			}
+		}
+	}
+	big := randomBytes(t, 8000) // fragmented on a 1500 byte link
+	if got := udpExchange(t, clients[0], big); !bytes.Equal(got, big) {
+		t.Fatalf("udp echo of %d bytes = %d bytes, different", len(big), len(got))
+	}
+	f := d.forwards[fw.key()]
+	if st := f.stats(); st.active != 2 || st.conns != 2 {
+		t.Errorf("forward stats = %d flows open, %d opened; want 2 and 2", st.active, st.conns)
+	}
+	// Idle flows expire; a client that speaks again gets a new one.
+	waitFor(t, "udp flows to expire", func() bool { return f.stats().active == 0 })
+	if got := udpExchange(t, clients[1], []byte("again")); string(got) != "again" {
+		t.Errorf("udp echo after expiry = %q, want again", got)
+	}
+	if st := f.stats(); st.conns != 3 {
+		t.Errorf("flows opened = %d, want 3", st.conns)
+	}
+}
+
+// udpExchange sends msg on c until an answer comes back (the first
+// datagram may wait for neighbour resolution) and returns the answer.
+func udpExchange(t *testing.T, c net.Conn, msg []byte) []byte {
+	t.Helper()
+	buf := make([]byte, 65535)
+	for range 10 {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := c.Read(buf)
+		if err == nil {
+			return buf[:n]
+		}
+	}
+	t.Fatalf("no udp answer through %s", c.RemoteAddr())
+	return nil
+}
+
+// waitFor polls cond for a few seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestForwardBadInputLeavesNothing(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckGoroutines(t)
+	state := t.TempDir()
+	d := newForwardDaemon(t, state, 0)
+	addForwardPod(t, d, "p")
+	existing := freeAddr(t, "127.0.0.1")
+	if _, err := d.AddForward(ForwardRequest{Listen: existing, Pod: "p", Port: 80}); err != nil {
+		t.Fatalf("AddForward: %v", err)
+	}
+	held, err := net.Listen("tcp", freeAddr(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	free := freeAddr(t, "127.0.0.1")
+	before := d.Forwards()
+
+	tests := []struct {
+		name string
+		req  ForwardRequest
+		want error
+	}{
+		{"unknown pod", ForwardRequest{Listen: free, Pod: "nope", Port: 80}, ErrNotFound},
+		{"bad pod id", ForwardRequest{Listen: free, Pod: "a/b", Port: 80}, ErrInvalid},
+		{"bad proto", ForwardRequest{Listen: free, Proto: "sctp", Pod: "p", Port: 80}, ErrInvalid},
+		{"upper-case proto", ForwardRequest{Listen: free, Proto: "TCP", Pod: "p", Port: 80}, ErrInvalid},
+		{"host name", ForwardRequest{Listen: "localhost:8080", Pod: "p", Port: 80}, ErrInvalid},
+		{"no port", ForwardRequest{Listen: "127.0.0.1", Pod: "p", Port: 80}, ErrInvalid},
+		{"port too big", ForwardRequest{Listen: "127.0.0.1:65536", Pod: "p", Port: 80}, ErrInvalid},
+		{"empty listen", ForwardRequest{Pod: "p", Port: 80}, ErrInvalid},
+		{"listen port 0", ForwardRequest{Listen: "127.0.0.1:0", Pod: "p", Port: 80}, ErrInvalid},
+		{"multicast", ForwardRequest{Listen: "224.0.0.251:5353", Proto: "udp", Pod: "p", Port: 80}, ErrInvalid},
+		{"pod port 0", ForwardRequest{Listen: free, Pod: "p", Port: 0}, ErrInvalid},
+		{"pod port too big", ForwardRequest{Listen: free, Pod: "p", Port: 65536}, ErrInvalid},
+		{"not a host address", ForwardRequest{Listen: "192.0.2.1:8080", Pod: "p", Port: 80}, ErrInvalid},
+		{"duplicate", ForwardRequest{Listen: existing, Pod: "p", Port: 81}, ErrConflict},
+		{"in use by another socket", ForwardRequest{Listen: held.Addr().String(), Pod: "p", Port: 80}, ErrConflict},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fw, err := d.AddForward(tt.req)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("AddForward(%+v) = %+v, %v; want %v", tt.req, fw, err, tt.want)
+			}
+			t.Logf("error: %v", err)
+			checkNothingChanged(t, d, before)
+			checkFree(t, ProtoTCP, free)
+		})
+	}
+
+	t.Run("no ipv6 address", func(t *testing.T) {
+		d4 := newTestDaemon(t, t.TempDir()) // IPv4 only
+		addForwardPod(t, d4, "p4")
+		_, err := d4.AddForward(ForwardRequest{Listen: freeAddr(t, "::1"), Pod: "p4", Port: 80})
+		if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("AddForward of [::1] to a pod without IPv6 = %v, want ErrInvalid", err)
+		}
+		t.Logf("error: %v", err)
+		if fws := d4.Forwards(); len(fws) != 0 {
+			t.Errorf("forwards = %+v, want none", fws)
+		}
+	})
+
+	t.Run("failed save", func(t *testing.T) {
+		// A directory where the temporary state file goes makes the
+		// save fail after the listener was opened.
+		tmp := filepath.Join(state, "pods.json.tmp")
+		if err := os.Mkdir(tmp, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(tmp)
+		if _, err := d.AddForward(ForwardRequest{Listen: free, Pod: "p", Port: 80}); err == nil {
+			t.Fatal("AddForward with an unwritable state succeeded")
+		}
+		checkNothingChanged(t, d, before)
+		checkFree(t, ProtoTCP, free)
+		// A delete whose save fails keeps the forward, listening.
+		if err := d.DeleteForward("tcp", existing); err == nil {
+			t.Fatal("DeleteForward with an unwritable state succeeded")
+		}
+		checkNothingChanged(t, d, before)
+		if ln, err := net.Listen("tcp", existing); err == nil {
+			ln.Close()
+			t.Errorf("forward stopped listening after a failed delete: %s is free", existing)
+		}
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		for _, tc := range []struct{ proto, listen string }{{"tcp", free}, {"udp", existing}, {"sctp", existing}, {"tcp", "nonsense"}} {
+			if err := d.DeleteForward(tc.proto, tc.listen); err == nil {
+				t.Errorf("DeleteForward(%s, %s) succeeded, want an error", tc.proto, tc.listen)
+			}
+		}
+		checkNothingChanged(t, d, before)
+		if err := d.DeleteForward("", existing); err != nil {
+			t.Fatalf("DeleteForward(tcp %s): %v", existing, err)
+		}
+		checkFree(t, ProtoTCP, existing)
+		if fws := d.Forwards(); len(fws) != 0 {
+			t.Errorf("forwards after delete = %+v, want none", fws)
+		}
+	})
+}
+
+// checkNothingChanged fails unless d's forwards, in memory and on disk,
+// are want.
+func checkNothingChanged(t *testing.T, d *Daemon, want []Forward) {
+	t.Helper()
+	if got := d.Forwards(); !slices.Equal(got, want) {
+		t.Errorf("forwards = %+v, want %+v", got, want)
+	}
+	st, err := d.state.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(st.Forwards, want) {
+		t.Errorf("saved forwards = %+v, want %+v", st.Forwards, want)
+	}
+}
+
+func TestForwardsGoWithTheirPod(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckGoroutines(t)
+	d := newForwardDaemon(t, t.TempDir(), 0)
+	_, ns := addForwardPod(t, d, "gone")
+	addForwardPod(t, d, "stays")
+	podServer(t, ns, 8080, echo)
+	tcpAddr, udpAddr, other := freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1")
+	for _, req := range []ForwardRequest{
+		{Listen: tcpAddr, Pod: "gone", Port: 8080},
+		{Listen: udpAddr, Proto: "udp", Pod: "gone", Port: 53},
+		{Listen: other, Pod: "stays", Port: 80},
+	} {
+		if _, err := d.AddForward(req); err != nil {
+			t.Fatalf("AddForward(%+v): %v", req, err)
+		}
+	}
+	// An open connection through the forward ends with the pod.
+	c, err := net.Dial("tcp", tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("echo before the delete: %v", err)
+	}
+
+	if err := d.DeletePod("gone"); err != nil {
+		t.Fatalf("DeletePod: %v", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("connection through the deleted pod's forward still open")
+	}
+	checkFree(t, ProtoTCP, tcpAddr)
+	checkFree(t, ProtoUDP, udpAddr)
+	fws := d.Forwards()
+	if len(fws) != 1 || fws[0].Pod != "stays" {
+		t.Errorf("forwards after the pod's delete = %+v, want only the one to pod stays", fws)
+	}
+	st, err := d.state.read()
+	if err != nil || len(st.Forwards) != 1 || st.Forwards[0].Pod != "stays" {
+		t.Errorf("saved forwards = %+v, %v; want only the one to pod stays", st.Forwards, err)
+	}
+}
+
+func TestForwardsRestored(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckGoroutines(t)
+	state := t.TempDir()
+	d := newForwardDaemon(t, state, 0)
+	_, ns := addForwardPod(t, d, "web")
+	podServer(t, ns, 8080, echo)
+	podUDPEcho(t, ns, 5353)
+	tcpAddr, udpAddr, taken := freeAddr(t, "127.0.0.1"), freeAddr(t, "::1"), freeAddr(t, "127.0.0.1")
+	for _, req := range []ForwardRequest{
+		{Listen: tcpAddr, Pod: "web", Port: 8080},
+		{Listen: udpAddr, Proto: "udp", Pod: "web", Port: 5353},
+		{Listen: taken, Pod: "web", Port: 8080},
+	} {
+		if _, err := d.AddForward(req); err != nil {
+			t.Fatalf("AddForward(%+v): %v", req, err)
+		}
+	}
+	want := d.Forwards()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close stops listening but keeps the forwards on disk.
+	checkFree(t, ProtoTCP, tcpAddr)
+	checkFree(t, ProtoUDP, udpAddr)
+	// Another process takes one forward's address while the daemon is
+	// down.
+	held, err := net.Listen("tcp", taken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+
+	d2 := newForwardDaemon(t, state, 0)
+	got := d2.Forwards()
+	if len(got) != len(want) {
+		t.Fatalf("forwards after restart = %+v, want %+v", got, want)
+	}
+	for i := range got {
+		failed := got[i].Listen.String() == taken
+		if failed != (got[i].Error != "") {
+			t.Errorf("restored forward %+v: error %q, want one only for the taken address %s", got[i], got[i].Error, taken)
+		}
+		got[i].Error = ""
+		if got[i] != want[i] {
+			t.Errorf("restored forward %+v, want %+v", got[i], want[i])
+		}
+	}
+	// The forward that could not listen is kept on disk.
+	if st, err := d2.state.read(); err != nil || len(st.Forwards) != 3 {
+		t.Errorf("saved forwards after restart = %+v, %v; want all 3", st.Forwards, err)
+	}
+	msg := []byte("after the restart")
+	if got := roundTrip(t, tcpAddr, msg); !bytes.Equal(got, msg) {
+		t.Errorf("tcp echo after restart = %q, want %q", got, msg)
+	}
+	c, err := net.Dial("udp", udpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := udpExchange(t, c, msg); !bytes.Equal(got, msg) {
+		t.Errorf("udp echo after restart = %q, want %q", got, msg)
+	}
+	// The failed one can be deleted and added again once its address
+	// is free.
+	if err := d2.DeleteForward("tcp", taken); err != nil {
+		t.Fatalf("DeleteForward of the failed forward: %v", err)
+	}
+	held.Close()
+	if _, err := d2.AddForward(ForwardRequest{Listen: taken, Pod: "web", Port: 8080}); err != nil {
+		t.Fatalf("AddForward again: %v", err)
+	}
+	if got := roundTrip(t, taken, msg); !bytes.Equal(got, msg) {
+		t.Errorf("tcp echo through the re-added forward = %q, want %q", got, msg)
+	}
+}
+
+func TestRestoreDropsForwardsOfForgottenPods(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	ready := testPod("ready", ns, "10.252.9.2/29")
+	leftoverTAP(t, ready)
+	gone := testPod("gone", "/var/run/netns/tsw-test-never-made", "10.252.9.3/29")
+	readyFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoTCP, Pod: "ready", Port: 80}
+	goneFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoUDP, Pod: "gone", Port: 53}
+	unknownFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoTCP, Pod: "never", Port: 80}
+	state := t.TempDir()
+	s, err := openState(filepath.Join(state, "pods.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.write(savedState{
+		Pods:     []savedPod{{Pod: ready}, {Pod: gone}},
+		Forwards: []Forward{readyFwd, goneFwd, unknownFwd},
+	})
+	s.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	d := newTestDaemon(t, state)
+	fws := d.Forwards()
+	if len(fws) != 1 || fws[0].Listen != readyFwd.Listen || fws[0].Target != netip.MustParseAddrPort("10.252.9.2:80") {
+		t.Fatalf("forwards after restore = %+v, want only %+v to 10.252.9.2:80", fws, readyFwd)
+	}
+	checkFree(t, ProtoUDP, goneFwd.Listen.String())
+	checkFree(t, ProtoTCP, unknownFwd.Listen.String())
+	st, err := d.state.read()
+	if err != nil || len(st.Forwards) != 1 || st.Forwards[0].Pod != "ready" {
+		t.Errorf("saved forwards after restore = %+v, %v; want only the ready pod's", st.Forwards, err)
+	}
+}
+
+func TestStateWithoutForwards(t *testing.T) {
+	// A file written before forwards existed still loads, with none.
+	dir := t.TempDir()
+	s, err := openState(filepath.Join(dir, "pods.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	old := `{"version": 1, "pods": [{"id": "a", "netns": "/x", "ifname": "eth0", "mac": "02:00:00:00:00:01", "ips": ["10.0.0.2/24"], "gateways": ["10.0.0.1"], "mtu": 1500, "port": "a", "port_id": 3, "created": "2024-01-01T00:00:00Z"}]}`
+	if err := os.WriteFile(s.path, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.read()
+	if err != nil || len(st.Pods) != 1 || st.Pods[0].ID != "a" || st.Forwards != nil {
+		t.Fatalf("read of a pods-only file = %+v, %v; want pod a and no forwards", st, err)
+	}
+	// And forwards round-trip.
+	fw := Forward{Listen: netip.MustParseAddrPort("[::1]:8080"), Proto: ProtoUDP, Pod: "a", Port: 53,
+		Target: netip.MustParseAddrPort("[fd00::2]:53"), Created: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if err := s.write(savedState{Pods: st.Pods, Forwards: []Forward{fw}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err = s.read()
+	if err != nil || len(st.Forwards) != 1 || st.Forwards[0] != fw {
+		t.Fatalf("read = %+v, %v; want forward %+v", st.Forwards, err, fw)
+	}
+}
+
+func TestCopyLoopHalfClose(t *testing.T) {
+	// copyLoop over loopback TCP: an EOF is passed on as a half-close
+	// and the other direction keeps going.
+	pair := func() (a, b *net.TCPConn) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*net.TCPConn), s.(*net.TCPConn)
+	}
+	client, proxyIn := pair()
+	proxyOut, server := pair()
+	defer client.Close()
+	defer server.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		wg.Go(func() { copyLoop(proxyOut, proxyIn) })
+		copyLoop(proxyIn, proxyOut)
+		wg.Wait()
+		proxyIn.Close()
+		proxyOut.Close()
+	}()
+	client.Write([]byte("request"))
+	client.CloseWrite()
+	req, err := io.ReadAll(server)
+	if err != nil || string(req) != "request" {
+		t.Fatalf("server read %q, %v; want request then EOF", req, err)
+	}
+	server.Write([]byte("response"))
+	server.CloseWrite()
+	resp, err := io.ReadAll(client)
+	if err != nil || string(resp) != "response" {
+		t.Fatalf("client read %q, %v; want response then EOF", resp, err)
+	}
+	<-done
+}
+
+func TestForwardAPI(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckGoroutines(t)
+	d := newForwardDaemon(t, t.TempDir(), 0)
+	addForwardPod(t, d, "api")
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: d.handler()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	c := NewClient(sock)
+	ctx := context.Background()
+	listen := freeAddr(t, "::1")
+
+	fw, err := c.AddForward(ctx, ForwardRequest{Listen: listen, Proto: "udp", Pod: "api", Port: 53})
+	if err != nil || fw.Listen.String() != listen || fw.Proto != "udp" || fw.Pod != "api" || fw.Port != 53 {
+		t.Fatalf("AddForward = %+v, %v", fw, err)
+	}
+	for _, tt := range []struct {
+		req    ForwardRequest
+		status int
+	}{
+		{ForwardRequest{Listen: listen, Proto: "udp", Pod: "api", Port: 54}, http.StatusConflict},
+		{ForwardRequest{Listen: listen, Proto: "icmp", Pod: "api", Port: 54}, http.StatusBadRequest},
+		{ForwardRequest{Listen: listen, Pod: "ghost", Port: 54}, http.StatusNotFound},
+	} {
+		var ae *APIError
+		if _, err := c.AddForward(ctx, tt.req); !errors.As(err, &ae) || ae.Status != tt.status {
+			t.Errorf("AddForward(%+v) = %v, want HTTP %d", tt.req, err, tt.status)
+		}
+	}
+	fws, err := c.Forwards(ctx)
+	if err != nil || len(fws) != 1 || fws[0] != fw {
+		t.Fatalf("Forwards = %+v, %v; want [%+v]", fws, err, fw)
+	}
+	var ae *APIError
+	if err := c.DeleteForward(ctx, "tcp", listen); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+		t.Errorf("DeleteForward of the wrong proto = %v, want HTTP 404", err)
+	}
+	if err := c.DeleteForward(ctx, "udp", listen); err != nil {
+		t.Fatalf("DeleteForward(udp %s): %v", listen, err)
+	}
+	checkFree(t, ProtoUDP, listen)
+	if fws, err := c.Forwards(ctx); err != nil || len(fws) != 0 {
+		t.Errorf("Forwards after delete = %+v, %v; want none", fws, err)
+	}
+}
