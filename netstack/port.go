@@ -100,6 +100,10 @@ type Port struct {
 	closed bool
 	once   sync.Once
 
+	egress *egress // set by startEgress
+
+	dns dnsCounters // DNS forwarder counters, see dns.go
+
 	dropBadFrame atomic.Uint64 // too short, too long or a broken UDP super-frame
 	dropNoNIC    atomic.Uint64 // no NIC attached (never expected)
 	dropNotOurs  atomic.Uint64 // flooded unicast for another MAC
