@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # make demo: starts tapswitchd on its embedded defaults in a temporary state
 # folder, attaches three pod namespaces, shows them pinging each other and a
-# TCP stream between two of them, then the FDB and counters the traffic
-# left. Everything it makes is removed on exit, Ctrl-C or failure.
+# TCP stream between two of them; then the gateway: a pod reaching a server
+# in an "outside world" namespace through the netstack, the node reaching a
+# pod through the host port tsw0, and a port forward; then the FDB and
+# counters the traffic left. Everything it makes is removed on exit, Ctrl-C
+# or failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +21,10 @@ sock="$tmp/tapswitchd.sock"
 pods=(a b c)
 daemon_pid=""
 iperf_pid=""
+bg_pids=()
+world_veth="tswd${run_id}n"
+had_tsw0=""
+ip link show tsw0 >/dev/null 2>&1 && had_tsw0=1
 
 ns() { echo "tsw-demo-$run_id-$1"; }
 ctl() { "$BIN/tapswitchctl" --socket "$sock" "$@"; }
@@ -29,12 +36,17 @@ cleanup() {
 	trap - EXIT INT TERM
 	step "cleaning up"
 	[ -n "$iperf_pid" ] && kill "$iperf_pid" 2>/dev/null
+	for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
 	if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
 		for p in "${pods[@]}"; do ctl pod del --id "demo-$p" >/dev/null 2>&1 || true; done
 		kill -TERM "$daemon_pid" 2>/dev/null || true
 		wait "$daemon_pid" 2>/dev/null || true
 	fi
-	for p in "${pods[@]}"; do ip netns del "$(ns "$p")" 2>/dev/null || true; done
+	for p in "${pods[@]}" world; do ip netns del "$(ns "$p")" 2>/dev/null || true; done
+	ip link del "$world_veth" 2>/dev/null || true
+	# The host port persists across daemon restarts, like the pods' TAPs;
+	# the demo's daemon is gone for good, so its tsw0 goes too.
+	[ -z "$had_tsw0" ] && ip link del tsw0 2>/dev/null || true
 	rm -rf "$tmp"
 	echo "removed namespaces, devices, daemon and $tmp"
 	exit "$status"
@@ -76,6 +88,56 @@ sleep 0.5
 ip netns exec "$(ns a)" iperf3 -c "${ip[b]}" -t 5 -f g | grep -E 'sender|receiver'
 wait "$iperf_pid" 2>/dev/null || true
 iperf_pid=""
+
+step "an outside world: namespace $(ns world) at 198.18.0.2, a veth from this host (198.18.0.1)"
+ip netns add "$(ns world)"
+ip link add "$world_veth" type veth peer name eth0 netns "$(ns world)"
+ip addr add 198.18.0.1/30 dev "$world_veth"
+ip link set "$world_veth" up
+ip -n "$(ns world)" addr add 198.18.0.2/30 dev eth0
+ip -n "$(ns world)" link set eth0 up
+ip -n "$(ns world)" link set lo up
+mkdir -p "$tmp/www"
+head -c $((32 << 20)) /dev/urandom >"$tmp/www/blob"
+ip netns exec "$(ns world)" python3 -m http.server 8080 --bind 198.18.0.2 --directory "$tmp/www" >"$tmp/world.log" 2>&1 &
+bg_pids+=($!)
+
+step "pod a: HTTP GET of 32 MiB from the world, through the gateway netstack (no iptables, no ip_forward)"
+for _ in $(seq 50); do curl -s -o /dev/null http://198.18.0.2:8080/ 2>/dev/null && break; sleep 0.1; done
+ip netns exec "$(ns a)" curl -sS -o "$tmp/blob.got" -w 'got %{size_download} bytes in %{time_total} s\n' http://198.18.0.2:8080/blob
+cmp "$tmp/www/blob" "$tmp/blob.got" && echo "byte-for-byte equal"
+echo "the world's server saw the client as: $(grep -o '^[0-9.]* ' "$tmp/world.log" | tail -1)(the node, not the pod)"
+
+step "TCP throughput pod a -> world through the gateway, 5 s (iperf3)"
+ip netns exec "$(ns world)" iperf3 -s -1 -B 198.18.0.2 >/dev/null 2>&1 &
+iperf_pid=$!
+sleep 0.5
+ip netns exec "$(ns a)" iperf3 -c 198.18.0.2 -t 5 -f g | grep -E 'sender|receiver'
+wait "$iperf_pid" 2>/dev/null || true
+iperf_pid=""
+
+host_ip=$(ip -4 -o addr show dev tsw0 | awk '{print $4}' | cut -d/ -f1)
+step "TCP throughput pod a -> node through the host port tsw0 ($host_ip), 5 s (iperf3)"
+iperf3 -s -1 -B "$host_ip" >/dev/null 2>&1 &
+iperf_pid=$!
+sleep 0.5
+ip netns exec "$(ns a)" iperf3 -c "$host_ip" -t 5 -f g | grep -E 'sender|receiver'
+wait "$iperf_pid" 2>/dev/null || true
+iperf_pid=""
+
+step "the node reaches pod b (${ip[b]}) directly through tsw0, no NAT"
+echo "hello from pod b" >"$tmp/www/hello"
+ip netns exec "$(ns b)" python3 -m http.server 8000 --bind "${ip[b]}" --directory "$tmp/www" >"$tmp/podb.log" 2>&1 &
+bg_pids+=($!)
+for _ in $(seq 50); do curl -s -o /dev/null "http://${ip[b]}:8000/hello" && break; sleep 0.1; done
+curl -sS "http://${ip[b]}:8000/hello"
+echo "pod b's server saw the client as: $(grep -o '^[0-9.]* ' "$tmp/podb.log" | tail -1)(tsw0's address)"
+
+step "a port forward: 127.0.0.1:18080 on the node -> pod b port 8000, through the gateway"
+ctl forward add --listen 127.0.0.1:18080 --pod demo-b --port 8000
+ctl forward list
+curl -sS http://127.0.0.1:18080/hello
+ctl forward del --listen 127.0.0.1:18080
 
 step "forwarding database"
 ctl fdb

@@ -137,14 +137,17 @@ func statsCmd(fs *flag.FlagSet) runFunc {
 	}
 }
 
-// drops formats drop counters as reason=count, sorted by reason.
+// drops formats the non-zero drop counters as reason=count, sorted by
+// reason, or "0" when there are none (-o json shows every reason).
 func drops(m map[string]uint64) string {
-	if len(m) == 0 {
-		return "0"
-	}
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+		if m[k] != 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+		}
+	}
+	if len(parts) == 0 {
+		return "0"
 	}
 	return strings.Join(parts, ",")
 }
