@@ -118,12 +118,77 @@ func (c *forwardCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// gatewayCollector exports the gateway's egress and DNS counters, read at
+// each scrape like switchCollector's.
+type gatewayCollector struct {
+	d                                  *Daemon
+	active, flows, refused             *prometheus.Desc
+	timeouts, dropped, expired         *prometheus.Desc
+	dialFailures, dnsQueries           *prometheus.Desc
+	dnsAnswered, dnsFailed, dnsDropped *prometheus.Desc
+}
+
+func newGatewayCollector(d *Daemon) *gatewayCollector {
+	proto := []string{"proto"}
+	desc := func(name, help string, labels []string) *prometheus.Desc {
+		return prometheus.NewDesc("tapswitch_gateway_"+name, help, labels, nil)
+	}
+	return &gatewayCollector{
+		d:            d,
+		active:       desc("egress_flows", "Egress flows open now, by protocol.", proto),
+		flows:        desc("egress_flows_total", "Egress flows started, by protocol.", proto),
+		refused:      desc("egress_tcp_refused_total", "Egress TCP connects refused by the far side; the pod got a RST.", nil),
+		timeouts:     desc("egress_tcp_timeouts_total", "Egress TCP connects that timed out; the pod's SYN went unanswered.", nil),
+		dropped:      desc("egress_dropped_total", "Egress SYNs or datagrams dropped at the flow limits or a full socket, by protocol.", proto),
+		expired:      desc("egress_udp_expired_total", "Egress UDP flows ended after --udp-idle-timeout.", nil),
+		dialFailures: desc("egress_dial_failures_total", "Failed host-side dials of egress flows.", nil),
+		dnsQueries:   desc("dns_queries_total", "DNS queries the gateway forwarded.", nil),
+		dnsAnswered:  desc("dns_answered_total", "DNS queries an upstream answered.", nil),
+		dnsFailed:    desc("dns_failed_total", "DNS queries no upstream answered (the pod got SERVFAIL).", nil),
+		dnsDropped:   desc("dns_dropped_total", "Malformed DNS queries and queries beyond the limits.", nil),
+	}
+}
+
+func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.active, c.flows, c.refused, c.timeouts, c.dropped, c.expired, c.dialFailures, c.dnsQueries, c.dnsAnswered, c.dnsFailed, c.dnsDropped} {
+		ch <- d
+	}
+}
+
+func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.d.gw == nil {
+		return
+	}
+	e, dns := c.d.gw.EgressStats(), c.d.gw.DNSStats()
+	gauge := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(c.active, e.TCPActive, "tcp")
+	gauge(c.active, e.UDPActive, "udp")
+	counter(c.flows, e.TCPTotal, "tcp")
+	counter(c.flows, e.UDPTotal, "udp")
+	counter(c.dropped, e.TCPDropped, "tcp")
+	counter(c.dropped, e.UDPDropped, "udp")
+	counter(c.refused, e.TCPRefused)
+	counter(c.timeouts, e.TCPTimeouts)
+	counter(c.expired, e.UDPExpired)
+	counter(c.dialFailures, e.DialFailures)
+	counter(c.dnsQueries, dns.Queries)
+	counter(c.dnsAnswered, dns.Answered)
+	counter(c.dnsFailed, dns.Failed)
+	counter(c.dnsDropped, dns.Dropped)
+}
+
 // metricsHandler serves the switch's metrics and the Go runtime's.
 func (d *Daemon) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		newSwitchCollector(d),
 		newForwardCollector(d),
+		newGatewayCollector(d),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

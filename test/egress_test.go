@@ -567,6 +567,16 @@ func TestEgressManyConnectionsNoLeaks(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// The gateway counted every flow, and none is open any more.
+	body := daemonMetrics(t, d)
+	for proto, want := range map[string]int{"tcp": workers * tcpPerWorker, "udp": workers * udpPerWorker} {
+		if v := metric(t, body, fmt.Sprintf(`tapswitch_gateway_egress_flows_total{proto=%q}`, proto)); v < float64(want) {
+			t.Errorf("tapswitch_gateway_egress_flows_total{proto=%q} = %v, want >= %d", proto, v, want)
+		}
+		if v := metric(t, body, fmt.Sprintf(`tapswitch_gateway_egress_flows{proto=%q}`, proto)); v != 0 {
+			t.Errorf("tapswitch_gateway_egress_flows{proto=%q} = %v after the flows ended, want 0", proto, v)
+		}
+	}
 }
 
 // podFlows runs, from the pod's namespace, nTCP short TCP connections
@@ -645,11 +655,17 @@ func waitFDs(t *testing.T, d *daemonProc, want int, timeout time.Duration, when 
 // API socket.
 func daemonGoroutines(t *testing.T, d *daemonProc) int {
 	t.Helper()
+	return int(metric(t, daemonMetrics(t, d), "go_goroutines"))
+}
+
+// daemonMetrics scrapes /metrics on the daemon's API socket.
+func daemonMetrics(t *testing.T, d *daemonProc) string {
+	t.Helper()
 	hc := &http.Client{Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", d.socket)
 		},
 	}}
-	return int(metric(t, get(t, hc, "http://tapswitchd/metrics"), "go_goroutines"))
+	return get(t, hc, "http://tapswitchd/metrics")
 }
