@@ -52,8 +52,8 @@ bench-scale: build
 	$(GO) run ./bench -go $(GO) -scale $(BENCH_FLAGS)
 
 # Debian packages the demo and the benchmarks use, installed when missing
-# (ethtool: the bench records the pods' offload settings).
-DEB_DEPS := iperf3 iputils-ping ethtool iptables
+# (ethtool: the bench records the pods' offload settings; curl: the demo).
+DEB_DEPS := iperf3 iputils-ping ethtool iptables curl
 deps:
 	@missing=""; for p in $(DEB_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

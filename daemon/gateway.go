@@ -1,16 +1,11 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-
-	"github.com/vishvananda/netns"
 
 	"tapswitch/netstack"
 	vswitch "tapswitch/switch"
-	"tapswitch/tap"
 )
 
 // DefaultHostPort is the name of the host port, the TAP in the daemon's own
@@ -56,49 +51,3 @@ func (d *Daemon) startGateway() error {
 	return nil
 }
 
-// ensureHostPort opens the host port, the TAP named d.opts.HostPort in the
-// daemon's own namespace, creating it with the last usable address of each
-// pod CIDR if it does not exist (it persists across restarts like the
-// pods' TAPs), and attaches it to the switch. The addresses' prefixes give
-// the node its routes to the pods.
-func (d *Daemon) ensureHostPort() error {
-	if d.opts.HostPort == "" {
-		return nil
-	}
-	// The daemon's namespace by a path that stays right whichever thread
-	// opens it: an fd of this process, taken before any thread moved.
-	self, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("host port: own netns: %w", err)
-	}
-	defer self.Close()
-	nsPath := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(self))
-	addrs := []netip.Prefix{netip.PrefixFrom(d.v4.host, d.v4.prefix.Bits())}
-	if d.v6 != nil {
-		addrs = append(addrs, netip.PrefixFrom(d.v6.host, d.v6.prefix.Bits()))
-	}
-	cfg := tap.Config{
-		NetNS: nsPath, Name: d.opts.HostPort, PortName: d.opts.HostPort, MAC: hostPortMAC(),
-		MTU: d.opts.MTU, Addrs: addrs, Offloads: !d.opts.NoOffloads, Queues: d.opts.Queues,
-		Logger: d.log.With("port", d.opts.HostPort),
-	}
-	port, err := tap.Open(cfg)
-	if errors.Is(err, tap.ErrNotFound) {
-		port, err = tap.Create(cfg)
-	}
-	if err != nil {
-		return fmt.Errorf("host port: %w", err)
-	}
-	id, err := d.sw.AddPort(port)
-	if err != nil {
-		port.Close()
-		return fmt.Errorf("host port: %w", err)
-	}
-	for _, a := range addrs {
-		if err := d.sw.Bind(vswitch.Binding{IP: a.Addr(), MAC: hostPortMAC(), Port: id}); err != nil {
-			return fmt.Errorf("host port: %w", err)
-		}
-	}
-	d.log.Info("host port attached", "ifname", d.opts.HostPort, "addrs", addrs)
-	return nil
-}

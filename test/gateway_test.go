@@ -131,9 +131,15 @@ func TestGatewayRouterAdvertisement(t *testing.T) {
 	if !found {
 		t.Errorf("no neighbour entry for the router %s: %v", router, neighs)
 	}
-	// The addresses come from the daemon's IPAM, which the switch's port
-	// security enforces: the advertised prefix must not let the pod's
-	// kernel configure one of its own (SLAAC, RFC 4862 section 5.5.3).
+	// The same advertisements reached the node through tsw0, which must
+	// not take them: a default route through the gateway would loop the
+	// node's own traffic through egress.
+	if out, err := exec.Command("ip", "-n", filepath.Base(d.node), "-6", "route", "show", "proto", "ra").CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) != 0 {
+		t.Errorf("the node learned routes from the gateway's advertisements (%v):\n%s", err, out)
+	}
+	// The addresses come from the daemon: the advertised prefix must not
+	// let the pod's kernel configure one of its own (SLAAC, RFC 4862
+	// section 5.5.3).
 	addrs, err := h.AddrList(link, netlink.FAMILY_V6)
 	if err != nil {
 		t.Fatal(err)
@@ -376,4 +382,34 @@ func checkHostPortAddrs(t *testing.T, d *daemonProc, want ...netip.Prefix) {
 	if !slices.Equal(got, want) {
 		t.Errorf("%s addresses = %v, want %v", daemon.DefaultHostPort, got, want)
 	}
+}
+
+// TestHostPortFollowsRestart restarts the daemon with another pod CIDR and
+// MTU: the host port left by the first run must not keep its old address
+// (the node would lose its route to the pods) or stop the daemon; it is
+// re-created to match, and the node reaches the new pods.
+func TestHostPortFollowsRestart(t *testing.T) {
+	testutil.RequireRoot(t)
+	d := startDaemon(t, "", "--pod-cidr", "10.251.48.0/24")
+	checkHostPortAddrs(t, d, netip.MustParsePrefix("10.251.48.254/24"))
+	d.stop(t)
+
+	d2 := startDaemonIn(t, d.node, "", "--pod-cidr", "10.251.49.0/24", "--pod-cidr6", "fd00:4a4:49::/64", "--mtu", "9000")
+	checkHostPortAddrs(t, d2, netip.MustParsePrefix("10.251.49.254/24"), netip.MustParsePrefix("fd00:4a4:49:0:ffff:ffff:ffff:ffff/64"))
+	out, err := exec.Command("ip", "-n", filepath.Base(d.node), "-o", "link", "show", daemon.DefaultHostPort).CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("mtu 9000")) {
+		t.Errorf("host port after the restart with --mtu 9000 (%v): %s", err, out)
+	}
+	p := addPod(t, d2, "hp-a")
+	ln := nsListen(t, p.ns, "tcp4", netip.AddrPortFrom(p.addr(), 0).String())
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := d2.nodeDial(context.Background(), "tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("node → pod after the restart: %v", err)
+	}
+	c.Close()
 }
