@@ -50,4 +50,3 @@ func (d *Daemon) startGateway() error {
 	}
 	return nil
 }
-
