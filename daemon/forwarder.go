@@ -21,7 +21,7 @@ import (
 // counted.
 const (
 	maxForwardConns = 4096 // TCP connections open at once
-	maxForwardFlows = 1024 // UDP flows (client addresses) at once
+	maxForwardFlows = 1024 // UDP flows (client and local address) at once
 	// maxDatagram is the largest UDP payload over IPv4 or IPv6 without
 	// jumbograms (RFC 768, RFC 8200 section 5).
 	maxDatagram = 65535
@@ -46,7 +46,8 @@ type podDialer interface {
 // Goroutines, all counted in wg and stopped by close: for TCP, acceptLoop
 // and a proxyLoop per connection, which runs the client → pod direction on
 // a copyLoop goroutine of its own and waits for it; for UDP, readLoop and a
-// flowLoop per client address. close cancels ctx and closes the listening
+// flowLoop per flow, a client address and the local address it sent to
+// (forwarder_linux.go). close cancels ctx and closes the listening
 // socket; every connection and flow closes its sockets when ctx ends, so
 // nothing stays blocked.
 type forwarder struct {
@@ -66,18 +67,28 @@ type forwarder struct {
 
 	pc    *net.UDPConn // UDP; nil until start
 	mu    sync.Mutex   // guards flows
-	flows map[netip.AddrPort]*udpFlow
+	flows map[flowKey]*udpFlow
 
 	conns      atomic.Uint64 // TCP connections accepted, UDP flows opened
 	dialErrors atomic.Uint64 // connections into the pod that failed
 	drops      atomic.Uint64 // UDP datagrams dropped
 }
 
-// udpFlow is one UDP client of a forward and its socket into the pod.
+// flowKey names a UDP flow. A client that sends to two addresses of the
+// host (a wildcard listen) has a flow for each, so the answers to each
+// come from the address it sent to.
+type flowKey struct {
+	client netip.AddrPort // unmapped
+	local  netip.Addr     // the datagrams' destination; the zero Addr if the kernel did not say
+}
+
+// udpFlow is one UDP client of a forward, at one local address, and its
+// socket into the pod.
 type udpFlow struct {
-	client netip.AddrPort
-	conn   net.Conn
-	last   atomic.Int64 // time of the last datagram either way, since epoch
+	key  flowKey
+	src  []byte // control message that sends from key.local (pktinfoSrc); read-only
+	conn net.Conn
+	last atomic.Int64 // time of the last datagram either way, since epoch
 }
 
 // newForwarder returns a forwarder for fw that is not listening yet.
@@ -90,7 +101,7 @@ func (d *Daemon) newForwarder(fw Forward) *forwarder {
 		udpIdle:     d.opts.UDPIdleTimeout,
 		epoch:       time.Now(),
 		slots:       make(chan struct{}, maxForwardConns),
-		flows:       make(map[netip.AddrPort]*udpFlow),
+		flows:       make(map[flowKey]*udpFlow),
 	}
 	if f.dialTimeout <= 0 {
 		f.dialTimeout = defaultForwardDialTimeout
@@ -124,6 +135,10 @@ func (f *forwarder) start() error {
 		pc, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(f.fw.Listen))
 		if err != nil {
 			return listenError(err)
+		}
+		if err := enablePktinfo(pc, f.fw.Listen.Addr().Is6()); err != nil {
+			pc.Close()
+			return fmt.Errorf("udp %s: %w", f.fw.Listen, err)
 		}
 		f.pc = pc
 		f.wg.Go(f.readLoop)
@@ -250,12 +265,14 @@ func reset(c net.Conn) {
 }
 
 // readLoop reads the UDP clients' datagrams and sends each into the pod on
-// its client's flow, opening the flow on the first datagram.
+// its flow (client and local address), opening the flow on the first
+// datagram.
 func (f *forwarder) readLoop() {
 	buf := make([]byte, maxDatagram)
+	oob := newPktinfoBuffer()
 	var backoff time.Duration
 	for {
-		n, client, err := f.pc.ReadFromUDPAddrPort(buf)
+		n, oobn, _, client, err := f.pc.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if f.ctx.Err() != nil {
 				return
@@ -270,7 +287,10 @@ func (f *forwarder) readLoop() {
 			continue
 		}
 		backoff = 0
-		fl := f.flowFor(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
+		fl := f.flowFor(flowKey{
+			client: netip.AddrPortFrom(client.Addr().Unmap(), client.Port()),
+			local:  pktinfoDst(oob[:oobn]),
+		})
 		if fl == nil {
 			f.drops.Add(1)
 			continue
@@ -283,12 +303,12 @@ func (f *forwarder) readLoop() {
 	}
 }
 
-// flowFor returns client's flow, opening it if there is room; nil if the
+// flowFor returns key's flow, opening it if there is room; nil if the
 // flow table is full or the socket into the pod cannot be made.
-func (f *forwarder) flowFor(client netip.AddrPort) *udpFlow {
+func (f *forwarder) flowFor(key flowKey) *udpFlow {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if fl, ok := f.flows[client]; ok {
+	if fl, ok := f.flows[key]; ok {
 		return fl
 	}
 	if len(f.flows) >= maxForwardFlows {
@@ -297,19 +317,20 @@ func (f *forwarder) flowFor(client netip.AddrPort) *udpFlow {
 	conn, err := f.dial.DialUDP(f.fw.Target)
 	if err != nil {
 		f.dialErrors.Add(1)
-		f.log.Warn("open udp flow into pod", "client", client.String(), "err", err)
+		f.log.Warn("open udp flow into pod", "client", key.client.String(), "local", key.local.String(), "err", err)
 		return nil
 	}
-	fl := &udpFlow{client: client, conn: conn}
+	fl := &udpFlow{key: key, src: pktinfoSrc(key.local, f.fw.Listen.Addr().Is6()), conn: conn}
 	fl.last.Store(int64(time.Since(f.epoch))) // before flowLoop looks
-	f.flows[client] = fl
+	f.flows[key] = fl
 	f.conns.Add(1)
 	f.wg.Go(func() { f.flowLoop(fl) })
 	return fl
 }
 
-// flowLoop sends the pod's answers on a flow back to its client, until the
-// flow was idle for udpIdle in both directions or the forward closes.
+// flowLoop sends the pod's answers on a flow back to its client, from the
+// local address the client sent to, until the flow was idle for udpIdle
+// in both directions or the forward closes.
 func (f *forwarder) flowLoop(fl *udpFlow) {
 	stop := context.AfterFunc(f.ctx, func() { fl.conn.Close() })
 	defer stop()
@@ -330,9 +351,9 @@ func (f *forwarder) flowLoop(fl *udpFlow) {
 			return
 		}
 		fl.last.Store(int64(time.Since(f.epoch)))
-		if _, err := f.pc.WriteToUDPAddrPort(buf[:n], fl.client); err != nil {
+		if _, _, err := f.pc.WriteMsgUDPAddrPort(buf[:n], fl.src, fl.key.client); err != nil {
 			f.drops.Add(1)
-			f.log.Debug("send to client", "client", fl.client.String(), "err", err)
+			f.log.Debug("send to client", "client", fl.key.client.String(), "local", fl.key.local.String(), "err", err)
 		}
 	}
 }
@@ -340,8 +361,8 @@ func (f *forwarder) flowLoop(fl *udpFlow) {
 // endFlow forgets a flow and closes its socket into the pod.
 func (f *forwarder) endFlow(fl *udpFlow) {
 	f.mu.Lock()
-	if f.flows[fl.client] == fl {
-		delete(f.flows, fl.client)
+	if f.flows[fl.key] == fl {
+		delete(f.flows, fl.key)
 	}
 	f.mu.Unlock()
 	fl.conn.Close()

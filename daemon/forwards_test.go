@@ -24,6 +24,8 @@ import (
 
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
+
+	"golang.org/x/sys/unix"
 )
 
 // The forward tests run the daemon in the test's own namespace (no host
@@ -856,4 +858,214 @@ func TestForwardAPI(t *testing.T) {
 	if fws, err := c.Forwards(ctx); err != nil || len(fws) != 0 {
 		t.Errorf("Forwards after delete = %+v, %v; want none", fws, err)
 	}
+}
+
+// TestForwardUDPWildcardRepliesFromLocalAddress checks that a UDP forward
+// on a wildcard address (Kubernetes' hostPort without hostIP) answers each
+// client from the address the client sent to (RFC 1122 section 3.3.4.2),
+// not from whichever source the route back to the client prefers. A
+// connected client socket, as resolvers use, drops datagrams from any
+// other address.
+func TestForwardUDPWildcardRepliesFromLocalAddress(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.CheckGoroutines(t)
+	d := newForwardDaemon(t, t.TempDir(), 0)
+	_, podNS := addForwardPod(t, d, "echo")
+	podUDPEcho(t, podNS, 5353)
+
+	// A namespace of the test's own plays the node, so the IPv6 case has
+	// a second local address: its loopback has 127.0.0.0/8, ::1 and
+	// 2001:db8:4::2. The forwards listen and the clients send in it. The
+	// client sends from the first address: the route back to it picks
+	// that address as the source, so without the fix the answer to the
+	// second address comes from the wrong one.
+	node := testutil.NewNetNS(t)
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"-6", "addr", "add", "2001:db8:4::2/128", "dev", "lo", "nodad"},
+	} {
+		args = append([]string{"-n", filepath.Base(node)}, args...)
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	inNode := func(fn func() error) {
+		t.Helper()
+		if err := netnsutil.Do(node, fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const port = 5353 // free: nothing else listens in the node namespace
+	for _, tc := range []struct {
+		network string
+		listen  netip.Addr
+		locals  []netip.Addr // the node addresses clients send to; the first is theirs too
+	}{
+		{"udp4", netip.IPv4Unspecified(), []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}},
+		{"udp6", netip.IPv6Unspecified(), []netip.Addr{netip.IPv6Loopback(), netip.MustParseAddr("2001:db8:4::2")}},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			listen := netip.AddrPortFrom(tc.listen, port)
+			var fw Forward
+			inNode(func() (err error) {
+				fw, err = d.AddForward(ForwardRequest{Listen: listen.String(), Proto: ProtoUDP, Pod: "echo", Port: 5353})
+				return err
+			})
+			t.Cleanup(func() { // before the node namespace goes
+				if err := d.DeleteForward(ProtoUDP, listen.String()); err != nil {
+					t.Errorf("DeleteForward: %v", err)
+				}
+			})
+			clientAddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(tc.locals[0], 0))
+
+			// One connected client per node address.
+			for _, local := range tc.locals {
+				var c *net.UDPConn
+				inNode(func() (err error) {
+					c, err = net.DialUDP(tc.network, clientAddr, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, port)))
+					return err
+				})
+				defer c.Close()
+				msg := fmt.Appendf(nil, "connected, to %s", local)
+				if got := udpExchange(t, c, msg); !bytes.Equal(got, msg) {
+					t.Fatalf("udp echo through %s = %q, want %q", local, got, msg)
+				}
+			}
+
+			// One unconnected client that talks to both addresses: each
+			// address answers from itself, on a flow of its own.
+			var pc *net.UDPConn
+			inNode(func() (err error) {
+				pc, err = net.ListenUDP(tc.network, clientAddr)
+				return err
+			})
+			defer pc.Close()
+			for i := range 3 {
+				for _, local := range tc.locals {
+					dst := netip.AddrPortFrom(local, port)
+					msg := fmt.Appendf(nil, "unconnected %d, to %s", i, local)
+					if from := udpExchangeFrom(t, pc, dst, msg); from != dst {
+						t.Fatalf("echo of a datagram to %s came from %s", dst, from)
+					}
+				}
+			}
+			if st := d.forwards[fw.key()].stats(); st.active != 4 || st.conns != 4 {
+				t.Errorf("forward stats = %d flows open, %d opened; want 4 and 4 (two connected clients, one client to two addresses)", st.active, st.conns)
+			}
+		})
+	}
+}
+
+// udpExchangeFrom sends msg from pc to dst until the same bytes come back
+// (the first datagram may wait for neighbour resolution) and returns the
+// address the answer came from. Late answers to earlier messages are
+// skipped.
+func udpExchangeFrom(t *testing.T, pc *net.UDPConn, dst netip.AddrPort, msg []byte) netip.AddrPort {
+	t.Helper()
+	buf := make([]byte, 65535)
+	for range 10 {
+		if _, err := pc.WriteToUDPAddrPort(msg, dst); err != nil {
+			t.Fatal(err)
+		}
+		pc.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			if bytes.Equal(buf[:n], msg) {
+				return netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+			}
+		}
+	}
+	t.Fatalf("no udp answer from %s", dst)
+	return netip.AddrPort{}
+}
+
+// TestForwardPktinfo runs the pktinfo helpers (forwarder_linux.go) on
+// wildcard sockets on this namespace's loopback, without a daemon: the
+// answer to a connected client comes from the address it sent to, for
+// IPv4, IPv6, and IPv4 on a dual-stack IPv6 socket (v4-mapped
+// IPV6_PKTINFO both ways; the forwards' own IPv6 sockets are IPv6 only),
+// and a datagram's round trip through them does not allocate.
+func TestForwardPktinfo(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		network string // the server's; "udp" on [::] is dual-stack
+		listen  string
+		v6      bool // the server socket's family
+		client  netip.Addr
+		dst     netip.Addr // not the client's address, where there is another
+	}{
+		{"ipv4", "udp4", "0.0.0.0:0", false, netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")},
+		{"ipv4 on dual-stack ipv6", "udp", "[::]:0", true, netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")},
+		{"ipv6", "udp6", "[::]:0", true, netip.IPv6Loopback(), netip.IPv6Loopback()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := net.ListenUDP(tc.network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.listen)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			if err := enablePktinfo(srv, tc.v6); err != nil {
+				t.Fatal(err)
+			}
+			dst := netip.AddrPortFrom(tc.dst, srv.LocalAddr().(*net.UDPAddr).AddrPort().Port())
+			c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(tc.client, 0)), net.UDPAddrFromAddrPort(dst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			deadline := time.Now().Add(10 * time.Second) // a datagram from the wrong source never comes
+			srv.SetDeadline(deadline)
+			c.SetDeadline(deadline)
+			src := pktinfoSrc(tc.dst, tc.v6)
+			msg, buf, oob := []byte("ping"), make([]byte, 64), newPktinfoBuffer()
+			exchange := func() {
+				if _, err := c.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				n, oobn, _, from, err := srv.ReadMsgUDPAddrPort(buf, oob)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if local := pktinfoDst(oob[:oobn]); local != tc.dst {
+					t.Fatalf("pktinfoDst = %v, want %v", local, tc.dst)
+				}
+				if _, _, err := srv.WriteMsgUDPAddrPort(buf[:n], src, from); err != nil {
+					t.Fatalf("WriteMsgUDPAddrPort from %v to %v: %v", tc.dst, from, err)
+				}
+				if n, err := c.Read(buf); err != nil || !bytes.Equal(buf[:n], msg) {
+					t.Fatalf("client read %q, %v; want %q", buf[:n], err, msg)
+				}
+			}
+			exchange()
+			if n := testing.AllocsPerRun(100, exchange); n != 0 {
+				t.Errorf("a datagram's round trip allocates %v times, want 0", n)
+			}
+		})
+	}
+
+	t.Run("parse", func(t *testing.T) {
+		v4 := pktinfoSrc(netip.MustParseAddr("192.0.2.7"), false)
+		v6 := pktinfoSrc(netip.MustParseAddr("2001:db8::7"), true)
+		rights := unix.UnixRights(0) // another control message first
+		for _, tt := range []struct {
+			name string
+			oob  []byte
+			want netip.Addr
+		}{
+			{"none", nil, netip.Addr{}},
+			{"shorter than a header", v4[:4], netip.Addr{}},
+			{"truncated", v4[:unix.CmsgLen(0)+4], netip.Addr{}},
+			{"in_pktinfo", v4, netip.MustParseAddr("192.0.2.7")},
+			{"in6_pktinfo", v6, netip.MustParseAddr("2001:db8::7")},
+			{"after another message", append(rights, v6...), netip.MustParseAddr("2001:db8::7")},
+			{"v4-mapped", pktinfoSrc(netip.MustParseAddr("192.0.2.7"), true), netip.MustParseAddr("192.0.2.7")},
+		} {
+			if got := pktinfoDst(tt.oob); got != tt.want {
+				t.Errorf("%s: pktinfoDst = %v, want %v", tt.name, got, tt.want)
+			}
+		}
+	})
 }
