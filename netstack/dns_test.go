@@ -484,6 +484,11 @@ func TestDNSMalformed(t *testing.T) {
 			t.Fatalf("write: %v", err)
 		}
 	}
+	// The first write also resolves the gateway's MAC. gVisor sends the
+	// packets queued meanwhile from a goroutine of its own
+	// (stack/pending_packets.go, dequeue), so a later write can overtake
+	// them: wait for both to be dropped before the good query.
+	dnsWaitFor(t, "the malformed queries dropped", func() bool { return n.gw.DNSStats().Dropped == 2 })
 	// A good query after them is answered: the socket read the bad ones.
 	q := dnsQuery(0x3003, "www.example.", typeA)
 	if _, err := c.Write(q); err != nil {

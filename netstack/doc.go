@@ -34,8 +34,10 @@
 // Goroutines: gVisor's protocols start theirs (TCP processors, timers). The
 // Port's own — the egress flows' copy loops, the DNS listeners and queries,
 // the router advertisement loop — run in Port.flows and end with Port.ctx.
-// Close cancels ctx, destroys the stack (which stops and waits for
-// gVisor's), waits for flows, and releases the frames still queued.
+// Close cancels ctx, destroys the stack and waits for gVisor's goroutines
+// and for its timer callbacks still running (stackClock, port.go: one may
+// hold a packet it is about to send), waits for flows, and releases the
+// frames still queued.
 //
 // What is dropped, and counted (Drops, EgressStats, DNSStats): frames the
 // stack cannot take or the queue cannot hold, egress flows beyond their

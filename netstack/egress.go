@@ -25,12 +25,23 @@ import (
 //
 //   - TCP (egress_tcp.go): the forwarder hands each new SYN to a flow, which
 //     dials the host side first and only then completes the pod's
-//     handshake, so a refused connect reaches the pod as a RST and a silent
-//     far side as an unanswered SYN. Two goroutines copy the directions,
-//     passing on FIN (half-close) and RST both ways.
+//     handshake, so a refused connect reaches the pod as a RST, an
+//     unreachable destination as an ICMP error and a silent far side as an
+//     unanswered SYN. Two goroutines copy the directions, passing on FIN
+//     (half-close) and RST both ways.
 //   - UDP (egress_udp.go): each (pod address and port, destination address
 //     and port) is one flow with its own connected host socket. It ends
 //     after Options.UDPIdleTimeout without a datagram either way.
+//   - ICMP errors (egress_icmp.go): a host dial that finds the destination
+//     unreachable becomes an ICMP or ICMPv6 destination unreachable error
+//     to the pod, quoting the packet that started the flow, as a kernel
+//     router sends one.
+//
+// Only pods are egress sources: a SYN or datagram from an address outside
+// the pod network or in Options.HostAddrs (the node itself, through its
+// host port) is refused, so a node that routes its own traffic through the
+// gateway cannot make it dial the node's traffic out again, round and
+// round until the flow limits.
 //
 // Bounds: at most maxTCPFlows and maxUDPFlows flows at once and
 // maxTCPHandshakes TCP connects in flight; beyond them a SYN or datagram is
@@ -72,18 +83,23 @@ const (
 
 // EgressStats counts egress flows since New. A TCP flow is one connection
 // from a pod; a UDP flow is one pod address and port talking to one
-// destination address and port.
+// destination address and port. An unreachable flow is answered with an
+// ICMP error (ICMPSent) unless the stack's ICMP rate limit holds it back.
 type EgressStats struct {
-	TCPActive    uint64 // TCP flows being dialled or proxied now
-	TCPTotal     uint64 // TCP flows started: SYNs handed to a host dial
-	TCPRefused   uint64 // host dials refused; the pod got a RST
-	TCPTimeouts  uint64 // host dials timed out; the pod's SYN went unanswered
-	TCPDropped   uint64 // SYNs dropped: too many flows or connects in flight
-	UDPActive    uint64 // UDP flows open now
-	UDPTotal     uint64 // UDP flows started
-	UDPExpired   uint64 // UDP flows ended by Options.UDPIdleTimeout
-	UDPDropped   uint64 // datagrams dropped: flow table full, a socket full or failing
-	DialFailures uint64 // failed host dials, TCP and UDP, refused and timed out included
+	TCPActive      uint64 // TCP flows being dialled or proxied now
+	TCPTotal       uint64 // TCP flows started: SYNs handed to a host dial
+	TCPRefused     uint64 // host dials refused; the pod got a RST
+	TCPTimeouts    uint64 // host dials timed out; the pod's SYN went unanswered
+	TCPUnreachable uint64 // host dials found the destination unreachable; the pod got an ICMP error
+	TCPDropped     uint64 // SYNs dropped: too many flows or connects in flight
+	UDPActive      uint64 // UDP flows open now
+	UDPTotal       uint64 // UDP flows started
+	UDPExpired     uint64 // UDP flows ended by Options.UDPIdleTimeout
+	UDPUnreachable uint64 // UDP flows whose dial or first datagram found the destination unreachable; the pod got an ICMP error
+	UDPDropped     uint64 // datagrams dropped: flow table full, a socket full or failing
+	DialFailures   uint64 // failed host dials, TCP and UDP, refused, unreachable and timed out included
+	ICMPSent       uint64 // ICMP and ICMPv6 destination unreachable errors sent to pods
+	BadSource      uint64 // egress SYNs (answered with a RST) and datagrams (dropped) from a source that is not a pod
 }
 
 // egress holds the forwarders' state. See the comment at the top of this
@@ -99,33 +115,43 @@ type egress struct {
 
 	fwd *tcp.Forwarder
 
+	// icmp sends destination unreachable errors to pods; see
+	// egress_icmp.go.
+	icmp *icmpErrors
+
 	// mu guards closed, tcpFlows and synPending, and is held around
 	// every call of fwd's HandlePacket and Complete (see
-	// handleTCPPacket). Once closed is set, no flow starts.
+	// handleTCPPacket). Once closed is set, no flow starts. synPending
+	// holds each SYN in flight as an ICMP error would quote it.
 	mu         sync.Mutex
 	closed     bool
 	tcpFlows   map[*tcpFlow]struct{}
-	synPending map[stack.TransportEndpointID]struct{}
+	synPending map[stack.TransportEndpointID][]byte
 
 	tcpActive    atomic.Int64 // a gauge, also the limit's count
 	udpActive    atomic.Int64
 	tcpTotal     atomic.Uint64
 	tcpRefused   atomic.Uint64
 	tcpTimeouts  atomic.Uint64
+	tcpUnreach   atomic.Uint64
 	tcpDropped   atomic.Uint64
 	udpTotal     atomic.Uint64
 	udpExpired   atomic.Uint64
+	udpUnreach   atomic.Uint64
 	udpDropped   atomic.Uint64
 	dialFailures atomic.Uint64
+	icmpSent     atomic.Uint64
+	badSource    atomic.Uint64
 }
 
-// startEgress installs the TCP and UDP forwarders and starts closeLoop.
+// startEgress installs the TCP and UDP forwarders, opens the ICMP error
+// endpoints and starts closeLoop.
 func (p *Port) startEgress() {
 	e := &egress{
 		p:          p,
 		log:        p.log.With("part", "egress"),
 		tcpFlows:   make(map[*tcpFlow]struct{}),
-		synPending: make(map[stack.TransportEndpointID]struct{}),
+		synPending: make(map[stack.TransportEndpointID][]byte),
 		maxTCP:     maxTCPFlows,
 		maxUDP:     maxUDPFlows,
 	}
@@ -134,6 +160,7 @@ func (p *Port) startEgress() {
 		return &b
 	}
 	p.egress = e
+	e.icmp = newICMPErrors(p, e.log)
 	e.fwd = tcp.NewForwarder(p.stack, tcpReceiveWindow, maxTCPHandshakes, e.handleTCP)
 	p.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, e.handleTCPPacket)
 	p.stack.SetTransportProtocolHandler(udp.ProtocolNumber, e.handleUDP)
@@ -144,22 +171,27 @@ func (p *Port) startEgress() {
 func (p *Port) EgressStats() EgressStats {
 	e := p.egress
 	return EgressStats{
-		TCPActive:    uint64(max(e.tcpActive.Load(), 0)),
-		TCPTotal:     e.tcpTotal.Load(),
-		TCPRefused:   e.tcpRefused.Load(),
-		TCPTimeouts:  e.tcpTimeouts.Load(),
-		TCPDropped:   e.tcpDropped.Load() + p.stack.Stats().TCP.ForwardMaxInFlightDrop.Value(),
-		UDPActive:    uint64(max(e.udpActive.Load(), 0)),
-		UDPTotal:     e.udpTotal.Load(),
-		UDPExpired:   e.udpExpired.Load(),
-		UDPDropped:   e.udpDropped.Load(),
-		DialFailures: e.dialFailures.Load(),
+		TCPActive:      uint64(max(e.tcpActive.Load(), 0)),
+		TCPTotal:       e.tcpTotal.Load(),
+		TCPRefused:     e.tcpRefused.Load(),
+		TCPTimeouts:    e.tcpTimeouts.Load(),
+		TCPUnreachable: e.tcpUnreach.Load(),
+		TCPDropped:     e.tcpDropped.Load() + p.stack.Stats().TCP.ForwardMaxInFlightDrop.Value(),
+		UDPActive:      uint64(max(e.udpActive.Load(), 0)),
+		UDPTotal:       e.udpTotal.Load(),
+		UDPExpired:     e.udpExpired.Load(),
+		UDPUnreachable: e.udpUnreach.Load(),
+		UDPDropped:     e.udpDropped.Load(),
+		DialFailures:   e.dialFailures.Load(),
+		ICMPSent:       e.icmpSent.Load(),
+		BadSource:      e.badSource.Load(),
 	}
 }
 
 // closeLoop waits for Close, then stops every TCP flow: it aborts both
 // sides of those that are connected and wakes those in the pod handshake.
-// UDP flows and dials watch the context themselves.
+// UDP flows and dials watch the context themselves. Last, it closes the
+// ICMP error endpoints; a flow that writes to them later gets an error.
 //
 // gVisor offers no way to cancel the forwarder's handshake
 // (ForwarderRequest.CreateEndpoint): it waits for a writable event on the
@@ -167,6 +199,7 @@ func (p *Port) EgressStats() EgressStats {
 // so closeLoop repeats them until no flow is in the handshake any more.
 func (e *egress) closeLoop() {
 	<-e.p.ctx.Done()
+	defer e.icmp.close()
 	tick := time.NewTicker(handshakeWakeInterval)
 	defer tick.Stop()
 	for first := true; ; first = false {
@@ -205,13 +238,47 @@ func (e *egress) dial(proto string, dst netip.AddrPort) (net.Conn, error) {
 func (e *egress) getBuf() *[]byte  { return e.bufs.Get().(*[]byte) }
 func (e *egress) putBuf(b *[]byte) { e.bufs.Put(b) }
 
-// isEgress reports whether the gateway re-originates traffic to dst: a
-// unicast address a router forwards (not loopback, link-local, multicast,
-// unspecified or broadcast; RFC 1812 section 5.3.7, RFC 4291 section
-// 2.5.6) outside the pod network. IPv4-mapped IPv6 addresses are refused:
-// a host socket would take them to IPv4.
+// isEgress reports whether the gateway re-originates traffic to dst, an
+// address outside the pod network: a unicast address a router forwards
+// (not loopback, link-local, multicast, unspecified or broadcast; RFC 1812
+// section 5.3.7, RFC 4291 section 2.5.6), or an IPv4 link-local one.
+// IPv4-mapped IPv6 addresses are refused: a host socket would take them to
+// IPv4.
+//
+// IPv4 link-local destinations (169.254.0.0/16) are node services by
+// convention: the cloud metadata server at 169.254.169.254, NodeLocal
+// DNSCache at 169.254.20.10. Pods reach them through the node, as behind
+// a kernel NAT, so the host dials them from its own namespace, where they
+// are on the node's link or on the node itself. The gateway opens a
+// connection of its own rather than forwarding the pod's packets, so RFC
+// 3927 section 7 (routers do not forward link-local packets) does not
+// stand in the way. IPv6 link-local destinations (fe80::/10) stay
+// excluded: one is meaningful only with a zone, the link it is on, and
+// for a pod that link is the pod network itself, which the gateway
+// never re-originates to; a host socket would need to guess a zone among
+// the node's interfaces.
 func (p *Port) isEgress(dst netip.Addr) bool {
-	return dst.IsGlobalUnicast() && !dst.Is4In6() && !p.inPodNetwork(dst)
+	if dst.Is4In6() || p.inPodNetwork(dst) {
+		return false
+	}
+	return dst.IsGlobalUnicast() || dst.Is4() && dst.IsLinkLocalUnicast()
+}
+
+// isPodSource reports whether the gateway re-originates traffic from src:
+// an address in the pod network that is not one of Options.HostAddrs. The
+// node's own traffic, through its host port or from any other address, is
+// never egress; see the comment at the top of this file.
+func (p *Port) isPodSource(src netip.Addr) bool {
+	src = src.Unmap()
+	if !p.inPodNetwork(src) {
+		return false
+	}
+	for _, h := range p.opts.HostAddrs {
+		if h.Unmap() == src {
+			return false
+		}
+	}
+	return true
 }
 
 // isLocal reports whether a is one of the gateway's own addresses,
@@ -240,23 +307,29 @@ func isTimeout(err error) bool {
 // unreachable.
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
-// dialFailed counts a failed host dial and reports whether the pod gets a
-// RST: only when the far side refused a TCP connection. A dial that Close
-// interrupted is not a failure.
-func (e *egress) dialFailed(proto string, err error) (reset bool) {
+// dialFailed counts a failed host dial and reports what the pod gets: a
+// RST only when the far side refused a TCP connection (reset), an ICMP
+// error when the host found the destination unreachable (unreach is not
+// notUnreachable), and otherwise nothing, as for a time-out. A dial that
+// Close interrupted is not a failure.
+func (e *egress) dialFailed(proto string, err error) (reset bool, unreach unreachable) {
 	if e.p.ctx.Err() != nil {
-		return false
+		return false, notUnreachable
 	}
 	e.dialFailures.Add(1)
-	if proto != "tcp" {
-		return false
-	}
+	unreach = unreachableKind(err)
 	switch {
+	case proto != "tcp":
+		if unreach != notUnreachable {
+			e.udpUnreach.Add(1)
+		}
 	case isRefused(err):
 		e.tcpRefused.Add(1)
-		return true
+		return true, notUnreachable
+	case unreach != notUnreachable:
+		e.tcpUnreach.Add(1)
 	case isTimeout(err):
 		e.tcpTimeouts.Add(1)
 	}
-	return false
+	return false, unreach
 }

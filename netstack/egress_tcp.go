@@ -47,8 +47,10 @@ type tcpFlow struct {
 // a SYN in flight nor dropped it for maxTCPHandshakes (counted in
 // ForwardMaxInFlightDrop). synPending mirrors its set of SYNs in flight:
 // e.mu is held around every HandlePacket and Complete, the only calls that
-// change that set, so the two stay equal. After Close has begun, segments
-// are dropped.
+// change that set, so the two stay equal. With each SYN it keeps the quote
+// of an ICMP error about it (egress_icmp.go), for a dial that finds the
+// destination unreachable; the forwarder's request does not give the
+// packet back. After Close has begun, segments are dropped.
 func (e *egress) handleTCPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	drops := e.p.stack.Stats().TCP.ForwardMaxInFlightDrop
 	e.mu.Lock()
@@ -60,10 +62,17 @@ func (e *egress) handleTCPPacket(id stack.TransportEndpointID, pkt *stack.Packet
 	dropped := drops.Value()
 	handled := e.fwd.HandlePacket(id, pkt)
 	if handled && !inFlight && drops.Value() == dropped {
-		e.synPending[id] = struct{}{}
+		e.synPending[id] = e.icmp.quote(pkt)
 		e.p.flows.Add(1)
 	}
 	return handled
+}
+
+// synQuote returns the quote of the SYN of a request not yet completed.
+func (e *egress) synQuote(id stack.TransportEndpointID) []byte {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.synPending[id]
 }
 
 // complete completes a forwarder request; see handleTCPPacket.
@@ -76,7 +85,7 @@ func (e *egress) complete(req *tcp.ForwarderRequest, id stack.TransportEndpointI
 
 // handleTCP is the forwarder's handler for a new SYN, on the goroutine the
 // forwarder started for it (counted in Port.flows by handleTCPPacket). An
-// egress SYN becomes a flow, run on this goroutine.
+// egress SYN from a pod becomes a flow, run on this goroutine.
 func (e *egress) handleTCP(req *tcp.ForwarderRequest) {
 	defer e.p.flows.Done()
 	id := req.ID()
@@ -93,6 +102,13 @@ func (e *egress) handleTCP(req *tcp.ForwarderRequest) {
 		// 3.10.7.1); anything else (multicast, broadcast, loopback) is
 		// not a destination at all and gets nothing.
 		e.complete(req, id, e.p.inPodNetwork(f.dst.Addr()) || e.p.isLocal(id.LocalAddress))
+		return
+	}
+	if !e.p.isPodSource(f.src.Addr()) {
+		// The node itself, or a stranger: a RST, as from a host
+		// that serves it nothing. See the comment in egress.go.
+		e.badSource.Add(1)
+		e.complete(req, id, true)
 		return
 	}
 	if !e.addTCPFlow(f) {
@@ -123,7 +139,9 @@ func (e *egress) addTCPFlow(f *tcpFlow) bool {
 // run runs the flow. The host side is dialled first: a kernel NAT passes
 // the SYN on and the far side's answer back, so the pod's handshake
 // completes only if the far side's does. A refused dial becomes a RST to
-// the pod; a failed or timed-out one leaves the SYN unanswered, and the
+// the pod, an unreachable destination an ICMP error quoting the SYN (sent
+// before the request completes, while synPending still holds the quote);
+// a timed-out or otherwise failed one leaves the SYN unanswered, and the
 // pod's own SYN retransmissions decide when it gives up. While the request
 // is in flight the forwarder ignores those retransmissions, so one
 // connection costs at most one dial at a time.
@@ -131,10 +149,13 @@ func (f *tcpFlow) run() {
 	e := f.e
 	conn, err := e.dial("tcp", f.dst)
 	if err != nil {
-		reset := e.dialFailed("tcp", err)
+		reset, unreach := e.dialFailed("tcp", err)
+		if unreach != notUnreachable {
+			e.sendUnreachable(f.src.Addr(), unreach, e.synQuote(f.id))
+		}
 		e.complete(f.req, f.id, reset)
 		e.removeTCPFlow(f)
-		e.log.Debug("egress tcp dial failed", "src", f.src, "dst", f.dst, "reset", reset, "err", err)
+		e.log.Debug("egress tcp dial failed", "src", f.src, "dst", f.dst, "reset", reset, "unreachable", unreach != notUnreachable, "err", err)
 		return
 	}
 	host := newHostConn(conn)

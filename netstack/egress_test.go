@@ -23,6 +23,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -370,22 +372,24 @@ func TestEgressTCPDialTimeout(t *testing.T) {
 		t.Errorf("%d dials at once, want 1", m)
 	}
 	s := n.gw.EgressStats()
-	if s.TCPTimeouts < 1 || s.TCPTimeouts != uint64(dials.Load()) || s.TCPRefused != 0 {
-		t.Errorf("stats = %+v after %d dials, want every dial timed out", s, dials.Load())
+	if s.TCPTimeouts < 1 || s.TCPTimeouts != uint64(dials.Load()) || s.TCPRefused != 0 || s.ICMPSent != 0 {
+		t.Errorf("stats = %+v after %d dials, want every dial timed out and no ICMP", s, dials.Load())
 	}
 }
 
-// TestEgressTCPUnreachable checks that a host dial failing otherwise than
-// refused (here: no route) also leaves the pod's SYN unanswered.
-func TestEgressTCPUnreachable(t *testing.T) {
-	n, pod := newEgressNet(t, Options{}, nil)
+// TestEgressTCPDialFailsSilently checks that a host dial failing neither
+// refused, nor unreachable, nor timed out (here: a host firewall's
+// EACCES) leaves the pod's SYN unanswered, as a NAT whose firewall drops
+// it.
+func TestEgressTCPDialFailsSilently(t *testing.T) {
+	n, pod := newEgressNet(t, Options{Dial: errnoDial(nil, syscall.EACCES)}, nil)
 	_, err := tryPodDialTCP(pod, outside4, 1200*time.Millisecond)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("pod dial = %v, want its own deadline (no answer)", err)
 	}
 	egressWaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
-	if s := n.gw.EgressStats(); s.DialFailures < 1 || s.TCPRefused != 0 || s.TCPTimeouts != 0 {
-		t.Errorf("stats = %+v, want dial failures, none refused or timed out", s)
+	if s := n.gw.EgressStats(); s.DialFailures < 1 || s.TCPRefused != 0 || s.TCPTimeouts != 0 || s.TCPUnreachable != 0 || s.ICMPSent != 0 {
+		t.Errorf("stats = %+v, want dial failures, none refused, timed out or unreachable, no ICMP", s)
 	}
 }
 
@@ -425,7 +429,8 @@ func closeWithin(t *testing.T, p *Port, d time.Duration) {
 	}
 }
 
-// tcpSYN returns an IPv4 TCP SYN from src to dst with its checksum.
+// tcpSYN returns an IPv4 or IPv6 TCP SYN with sequence number 1000 from
+// src to dst, with its checksums.
 func tcpSYN(src, dst netip.AddrPort) []byte {
 	seg := make([]byte, header.TCPMinimumSize)
 	binary.BigEndian.PutUint16(seg[0:], src.Port())
@@ -434,14 +439,52 @@ func tcpSYN(src, dst netip.AddrPort) []byte {
 	seg[12] = 5 << 4
 	seg[13] = byte(header.TCPFlagSyn)
 	binary.BigEndian.PutUint16(seg[14:], 65535)
-	s, d := src.Addr().As4(), dst.Addr().As4()
-	pseudo := append(append(s[:], d[:]...), 0, 6, 0, byte(len(seg)))
-	var sum uint32
-	for i := 0; i < len(pseudo); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(pseudo[i:]))
+	binary.BigEndian.PutUint16(seg[16:], checksum(seg, pseudoSum(src.Addr(), dst.Addr(), 6, len(seg))))
+	return ipPacket(src.Addr(), dst.Addr(), 6, seg)
+}
+
+// udpDatagram returns an IPv4 or IPv6 UDP datagram from src to dst, with
+// its checksums.
+func udpDatagram(src, dst netip.AddrPort, payload []byte) []byte {
+	seg := make([]byte, header.UDPMinimumSize+len(payload))
+	binary.BigEndian.PutUint16(seg[0:], src.Port())
+	binary.BigEndian.PutUint16(seg[2:], dst.Port())
+	binary.BigEndian.PutUint16(seg[4:], uint16(len(seg)))
+	copy(seg[header.UDPMinimumSize:], payload)
+	binary.BigEndian.PutUint16(seg[6:], checksum(seg, pseudoSum(src.Addr(), dst.Addr(), 17, len(seg))))
+	return ipPacket(src.Addr(), dst.Addr(), 17, seg)
+}
+
+// pseudoSum is the unfolded sum of the IPv4 or IPv6 pseudo-header for a
+// transport segment of length n (RFC 9293 section 3.1, RFC 8200 section
+// 8.1).
+func pseudoSum(src, dst netip.Addr, proto byte, n int) uint32 {
+	sum := uint32(proto) + uint32(n)
+	for _, a := range []netip.Addr{src, dst} {
+		b := a.AsSlice()
+		for i := 0; i < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
 	}
-	binary.BigEndian.PutUint16(seg[16:], checksum(seg, sum))
-	return ipv4Packet(src.Addr(), dst.Addr(), 6, seg)
+	return sum
+}
+
+// ipPacket returns an IPv4 packet (see ipv4Packet) or an IPv6 packet with
+// hop limit 64 carrying payload.
+func ipPacket(src, dst netip.Addr, proto byte, payload []byte) []byte {
+	if src.Is4() {
+		return ipv4Packet(src, dst, proto, payload)
+	}
+	b := make([]byte, 40+len(payload))
+	b[0] = 0x60
+	binary.BigEndian.PutUint16(b[4:], uint16(len(payload)))
+	b[6] = proto
+	b[7] = 64
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	copy(b[40:], payload)
+	return b
 }
 
 // isSYNACK reports whether e carries an IPv4 TCP SYN-ACK.
@@ -798,5 +841,420 @@ func TestEgressManyFlows(t *testing.T) {
 	s := n.gw.EgressStats()
 	if s.TCPTotal != tcpFlows+openTCP || s.UDPTotal != udpFlows || s.UDPActive != udpFlows || s.DialFailures != 0 {
 		t.Errorf("stats = %+v, want %d TCP and %d UDP flows", s, tcpFlows+openTCP, udpFlows)
+	}
+}
+
+// errnoDial is redirectDial for the addresses in to, and for any other
+// address fails as net.Dialer does when connect(2) returns errno.
+func errnoDial(to map[netip.AddrPort]netip.AddrPort, errno syscall.Errno) func(context.Context, string, string) (net.Conn, error) {
+	redirect := redirectDial(to)
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		if ap, err := netip.ParseAddrPort(address); err == nil {
+			if _, ok := to[ap]; ok {
+				return redirect(ctx, network, address)
+			}
+		}
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", errno)}
+	}
+}
+
+// TestEgressTCPUnreachable checks that a host dial finding no route makes
+// the gateway send the pod an ICMP or ICMPv6 destination unreachable
+// error, and that the pod's connect fails on it with the matching error
+// instead of retransmitting its SYN (the pod's deadline is far shorter
+// than its retransmissions). gVisor pods act only on ICMPv6 code 0 (its
+// ipv6 handleICMP ignores code 3, address unreachable), so EHOSTUNREACH
+// over IPv6 is checked on the wire in TestEgressICMPUnreachableMessage.
+func TestEgressTCPUnreachable(t *testing.T) {
+	tests := []struct {
+		name  string
+		dst   netip.AddrPort
+		errno syscall.Errno
+		want  tcpip.Error
+	}{
+		{"v4 host", outside4, syscall.EHOSTUNREACH, &tcpip.ErrHostUnreachable{}},
+		{"v4 net", outside4, syscall.ENETUNREACH, &tcpip.ErrNetworkUnreachable{}},
+		{"v4 net down", outside4, syscall.ENETDOWN, &tcpip.ErrNetworkUnreachable{}},
+		{"v6 net", outside6, syscall.ENETUNREACH, &tcpip.ErrNetworkUnreachable{}},
+		// An IPv6 destination on a node without IPv6 addresses or stack.
+		{"v6 no address", outside6, syscall.EADDRNOTAVAIL, &tcpip.ErrNetworkUnreachable{}},
+		{"v6 no stack", outside6, syscall.EAFNOSUPPORT, &tcpip.ErrNetworkUnreachable{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, pod := newEgressNet(t, Options{Dial: errnoDial(nil, tt.errno)}, nil)
+			c, err := tryPodDialTCP(pod, tt.dst, 5*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			if !isTCPIPError(err, tt.want) {
+				t.Fatalf("pod dial %s = %v, want %q", tt.dst, err, tt.want)
+			}
+			egressWaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+			s := n.gw.EgressStats()
+			if s.TCPUnreachable != 1 || s.ICMPSent != 1 || s.DialFailures != 1 || s.TCPRefused != 0 || s.TCPTimeouts != 0 {
+				t.Errorf("stats = %+v, want 1 dial failed unreachable and 1 ICMP error", s)
+			}
+		})
+	}
+}
+
+// TestEgressICMPUnreachableMessage checks the errors on the wire: sent to
+// the pod from the gateway's address, of the right type and code, with
+// valid checksums, quoting the whole invoking packet byte for byte (so the
+// SYN's sequence number, which Linux checks, is the real one), for TCP
+// SYNs and for a UDP flow's first datagram.
+func TestEgressICMPUnreachableMessage(t *testing.T) {
+	tcp4 := tcpSYN(netip.AddrPortFrom(pod4, 40000), outside4)
+	tcp6 := tcpSYN(netip.AddrPortFrom(pod6, 40000), outside6)
+	udp4 := udpDatagram(netip.AddrPortFrom(pod4, 40001), netip.AddrPortFrom(outside4.Addr(), 53), []byte("query four"))
+	udp6 := udpDatagram(netip.AddrPortFrom(pod6, 40001), netip.AddrPortFrom(outside6.Addr(), 53), []byte("query six"))
+	tests := []struct {
+		name      string
+		pkt       []byte
+		errno     syscall.Errno
+		typ, code byte
+	}{
+		{"tcp4 net", tcp4, syscall.ENETUNREACH, 3, 0},
+		{"tcp4 host", tcp4, syscall.EHOSTUNREACH, 3, 1},
+		{"tcp6 net", tcp6, syscall.ENETUNREACH, 1, 0},
+		{"tcp6 host", tcp6, syscall.EHOSTUNREACH, 1, 3},
+		{"udp4 host", udp4, syscall.EHOSTUNREACH, 3, 1},
+		{"udp6 net", udp6, syscall.ENETUNREACH, 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := newWireNet(t, Options{Dial: errnoDial(nil, tt.errno)})
+			icmp := n.injectAndAwaitICMP(t, tt.pkt)
+			if icmp[0] != tt.typ || icmp[1] != tt.code {
+				t.Errorf("icmp type/code = %d/%d, want %d/%d", icmp[0], icmp[1], tt.typ, tt.code)
+			}
+			if !bytes.Equal(icmp[4:8], make([]byte, 4)) {
+				t.Errorf("icmp unused field = % x, want zeros", icmp[4:8])
+			}
+			if !bytes.Equal(icmp[8:], tt.pkt) {
+				t.Errorf("quote = % x\nwant the invoking packet % x", icmp[8:], tt.pkt)
+			}
+			egressWaitFor(t, "the flow to end", func() bool { s := n.gw.EgressStats(); return s.TCPActive == 0 && s.UDPActive == 0 })
+			s := n.gw.EgressStats()
+			if s.ICMPSent != 1 || s.TCPUnreachable+s.UDPUnreachable != 1 {
+				t.Errorf("stats = %+v, want 1 flow unreachable and 1 ICMP error", s)
+			}
+		})
+	}
+}
+
+// wireNet is a gateway on a switch with a porttest pod port, for tests
+// that read and write frames: pod4 and pod6 at podMAC.
+type wireNet struct {
+	*testNet
+}
+
+// newWireNet builds a wireNet. The gateway knows the pod's MAC from static
+// neighbour entries, so its first packet to the pod needs no resolution.
+func newWireNet(t *testing.T, opts Options) *wireNet {
+	t.Helper()
+	g := newGWNet(t, opts)
+	pod := porttest.New("pod")
+	if _, err := g.sw.AddPort(pod); err != nil {
+		t.Fatalf("AddPort(pod): %v", err)
+	}
+	for _, a := range []netip.Addr{pod4, pod6} {
+		proto := ipv4.ProtocolNumber
+		if a.Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		if err := g.gw.stack.AddStaticNeighbor(nicID, proto, tcpipAddr(a), tcpip.LinkAddress(podMAC[:])); err != nil {
+			t.Fatalf("AddStaticNeighbor(%s): %v", a, err)
+		}
+	}
+	return &wireNet{&testNet{gw: g.gw, pod: pod}}
+}
+
+// injectAndAwaitICMP sends the IPv4 or IPv6 packet pkt from the pod to
+// the gateway, waits for the ICMP or ICMPv6 destination unreachable error
+// about it, checks its addresses and checksums, and returns the ICMP
+// message.
+func (n *wireNet) injectAndAwaitICMP(t *testing.T, pkt []byte) []byte {
+	t.Helper()
+	v6 := pkt[0]>>4 == 6
+	etherType := uint16(vswitch.EtherTypeIP4)
+	if v6 {
+		etherType = vswitch.EtherTypeIP6
+	}
+	n.pod.Inject(porttest.Ether(gwMAC, podMAC, etherType, pkt))
+	e := n.await(t, "destination unreachable", func(e vswitch.Ether) bool {
+		p := e.Payload()
+		if v6 {
+			return e.Type() == vswitch.EtherTypeIP6 && len(p) >= 48 && p[6] == 58 && p[40] == 1
+		}
+		return e.Type() == vswitch.EtherTypeIP4 && len(p) >= 28 && p[9] == 1 && p[int(p[0]&0xf)*4] == 3
+	})
+	if e.Dst() != podMAC || e.Src() != gwMAC {
+		t.Errorf("error ether %s -> %s, want %s -> %s", e.Src(), e.Dst(), gwMAC, podMAC)
+	}
+	ip := e.Payload()
+	if v6 {
+		if src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40])); src != gw6 || dst != pod6 {
+			t.Errorf("error ip %s -> %s, want %s -> %s", src, dst, gw6, pod6)
+		}
+		icmp := ip[40 : 40+int(binary.BigEndian.Uint16(ip[4:]))]
+		if c := checksum(icmp, pseudoSum6(ip)); c != 0 {
+			t.Errorf("icmpv6 checksum does not verify (%#04x)", c)
+		}
+		if len(ip) > 1280 {
+			t.Errorf("error of %d bytes, more than 1280", len(ip))
+		}
+		return icmp
+	}
+	if src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20])); src != gw4 || dst != pod4 {
+		t.Errorf("error ip %s -> %s, want %s -> %s", src, dst, gw4, pod4)
+	}
+	ihl := int(ip[0]&0xf) * 4
+	if c := checksum(ip[:ihl], 0); c != 0 {
+		t.Errorf("ip header checksum does not verify (%#04x)", c)
+	}
+	icmp := ip[ihl:int(binary.BigEndian.Uint16(ip[2:]))]
+	if c := checksum(icmp, 0); c != 0 {
+		t.Errorf("icmp checksum does not verify (%#04x)", c)
+	}
+	if len(ip) > 576 {
+		t.Errorf("error of %d bytes, more than 576", len(ip))
+	}
+	return icmp
+}
+
+// TestEgressICMPQuoteLimit checks that an error about a large datagram
+// quotes only as much of it as fits in 576 (IPv4) or 1280 (IPv6) bytes.
+func TestEgressICMPQuoteLimit(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		src, dst netip.AddrPort
+		max      int
+	}{
+		{"v4", netip.AddrPortFrom(pod4, 40002), outside4, 576},
+		{"v6", netip.AddrPortFrom(pod6, 40002), outside6, 1280},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := newWireNet(t, Options{Dial: errnoDial(nil, syscall.ENETUNREACH)})
+			pkt := udpDatagram(tt.src, tt.dst, bytes.Repeat([]byte("x"), 1400))
+			icmp := n.injectAndAwaitICMP(t, pkt)
+			ipHdr := 20
+			if tt.dst.Addr().Is6() {
+				ipHdr = 40
+			}
+			want := pkt[:tt.max-ipHdr-8]
+			if !bytes.Equal(icmp[8:], want) {
+				t.Errorf("quote of %d bytes, want the first %d of the datagram", len(icmp[8:]), len(want))
+			}
+		})
+	}
+}
+
+// failWriteConn is a host side whose writes fail with err.
+type failWriteConn struct {
+	net.Conn
+	err error
+}
+
+func (c failWriteConn) Write([]byte) (int, error) { return 0, c.err }
+
+// TestEgressUDPFirstSendUnreachable checks that a UDP flow whose dial
+// succeeds but whose first datagram finds no route sends the pod an error
+// quoting that datagram, and that later failures are silent.
+func TestEgressUDPFirstSendUnreachable(t *testing.T) {
+	srv := udpServer(t, "4", udpEcho)
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "udp4", srv.String())
+		if err != nil {
+			return nil, err
+		}
+		return failWriteConn{c, &net.OpError{Op: "write", Net: "udp4", Err: os.NewSyscallError("write", syscall.EHOSTUNREACH)}}, nil
+	}
+	n := newWireNet(t, Options{Dial: dial})
+	src, dst := netip.AddrPortFrom(pod4, 40003), netip.AddrPortFrom(outside4.Addr(), 53)
+	first := udpDatagram(src, dst, []byte("first"))
+	icmp := n.injectAndAwaitICMP(t, first)
+	if icmp[0] != 3 || icmp[1] != 1 || !bytes.Equal(icmp[8:], first) {
+		t.Errorf("error type/code %d/%d quoting % x, want 3/1 quoting the first datagram", icmp[0], icmp[1], icmp[8:])
+	}
+	n.pod.Inject(porttest.Ether(gwMAC, podMAC, vswitch.EtherTypeIP4, udpDatagram(src, dst, []byte("second"))))
+	egressWaitFor(t, "both datagrams dropped", func() bool { return n.gw.EgressStats().UDPDropped == 2 })
+	if s := n.gw.EgressStats(); s.ICMPSent != 1 || s.UDPUnreachable != 1 || s.UDPTotal != 1 || s.DialFailures != 0 {
+		t.Errorf("stats = %+v, want one flow, its first datagram unreachable, one ICMP error", s)
+	}
+}
+
+// TestIsEgress checks which destinations the gateway re-originates.
+func TestIsEgress(t *testing.T) {
+	p, err := New(Options{MAC: gwMAC, Addrs: []netip.Prefix{netGW4, netGW6}})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		p.Close()
+		refs.DoRepeatedLeakCheck()
+	})
+	tests := []struct {
+		addr string
+		want bool
+	}{
+		{"198.18.0.10", true},
+		{"2001:db8::10", true},
+		{"169.254.169.254", true}, // cloud metadata
+		{"169.254.20.10", true},   // NodeLocal DNSCache
+		{"fe80::1", false},        // needs a zone
+		{"10.244.0.9", false},     // pod network
+		{"10.244.0.1", false},     // the gateway
+		{"fd00:244::9", false},
+		{"127.0.0.1", false},
+		{"::1", false},
+		{"224.0.0.251", false},
+		{"ff02::1", false},
+		{"255.255.255.255", false},
+		{"0.0.0.0", false},
+		{"::", false},
+		{"::ffff:198.18.0.10", false},
+	}
+	for _, tt := range tests {
+		if got := p.isEgress(netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("isEgress(%s) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+}
+
+// TestEgressLinkLocal4 checks that pods reach IPv4 link-local node
+// services (a metadata server, NodeLocal DNSCache) through the gateway.
+func TestEgressLinkLocal4(t *testing.T) {
+	metadata := netip.MustParseAddrPort("169.254.169.254:80")
+	dnsCache := netip.MustParseAddrPort("169.254.20.10:53")
+	tcpSrv := tcpServer(t, "4", echoTCP)
+	udpSrv := udpServer(t, "4", udpEcho)
+	n, pod := newEgressNet(t, Options{}, map[netip.AddrPort]netip.AddrPort{metadata: tcpSrv, dnsCache: udpSrv})
+
+	c := podDialTCP(t, pod, metadata)
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /latest/meta-data/")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	c.CloseWrite()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "GET /latest/meta-data/" {
+		t.Fatalf("echo = %q, %v", got, err)
+	}
+	u := podDialUDP(t, pod, dnsCache)
+	defer u.Close()
+	if got := udpRoundTrip(t, u, []byte("query")); string(got) != "query" {
+		t.Fatalf("udp echo = %q, want query", got)
+	}
+	if s := n.gw.EgressStats(); s.TCPTotal != 1 || s.UDPTotal != 1 {
+		t.Errorf("stats = %+v, want one TCP and one UDP flow", s)
+	}
+}
+
+// addStranger attaches a gVisor stack like addPod's, with addrs and
+// default routes through the gateway: a host that is not a pod, or one
+// that claims a pod-network address. It is a plain host (see plainHost)
+// and never dials the host network.
+func (n *gwNet) addStranger(t *testing.T, id byte, addrs ...netip.Prefix) *Port {
+	t.Helper()
+	p, err := New(Options{
+		Name:  fmt.Sprintf("stranger%d", id),
+		MAC:   vswitch.MAC{0x02, 0, 0, 0, 0x20, id},
+		Addrs: addrs,
+		Dial:  errnoDial(nil, syscall.EACCES),
+	})
+	if err != nil {
+		t.Fatalf("New(stranger %d): %v", id, err)
+	}
+	plainHost(t, p)
+	p.stack.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, Gateway: tcpipAddr(netGW4.Addr()), NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, Gateway: tcpipAddr(netGW6.Addr()), NIC: nicID},
+	})
+	if _, err := n.sw.AddPort(p); err != nil {
+		p.Close()
+		t.Fatalf("AddPort(stranger %d): %v", id, err)
+	}
+	return p
+}
+
+// plainHost makes a Port used as a pod a plain host: not promiscuous, no
+// spoofing. A Port spoofs for the gateway's sake, and a spoofing gVisor
+// NIC answers ARP requests for any address (nic.CheckLocalAddress), so
+// with two such stacks on the switch besides the gateway, one might
+// claim the gateway's address for the other's traffic.
+func plainHost(t *testing.T, p *Port) {
+	t.Helper()
+	if err := p.stack.SetSpoofing(nicID, false); err != nil {
+		t.Fatalf("SetSpoofing: %v", err)
+	}
+	if err := p.stack.SetPromiscuousMode(nicID, false); err != nil {
+		t.Fatalf("SetPromiscuousMode: %v", err)
+	}
+}
+
+// TestEgressNotFromPod checks the loop guard: TCP to the outside from a
+// source outside the pod network, or from one of HostAddrs (the node's
+// host port), gets a RST, UDP is dropped, and neither is dialled; a pod on
+// the same gateway still gets through.
+func TestEgressNotFromPod(t *testing.T) {
+	hostAddrs := []netip.Addr{netip.MustParseAddr("10.244.0.254"), netip.MustParseAddr("fd00:244::fe")}
+	tests := []struct {
+		name  string
+		addrs []netip.Prefix
+	}{
+		{"outside pod network", []netip.Prefix{netip.MustParsePrefix("10.99.0.2/24"), netip.MustParsePrefix("fd00:99::2/64")}},
+		{"host address", []netip.Prefix{netip.PrefixFrom(hostAddrs[0], 24), netip.PrefixFrom(hostAddrs[1], 64)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tcpSrv4, tcpSrv6 := tcpServer(t, "4", echoTCP), tcpServer(t, "6", echoTCP)
+			udpSrv4, udpSrv6 := udpServer(t, "4", udpEcho), udpServer(t, "6", udpEcho)
+			udpOut4 := netip.AddrPortFrom(outside4.Addr(), 53)
+			udpOut6 := netip.AddrPortFrom(outside6.Addr(), 53)
+			var dials atomic.Int32
+			redirect := redirectDial(map[netip.AddrPort]netip.AddrPort{outside4: tcpSrv4, outside6: tcpSrv6, udpOut4: udpSrv4, udpOut6: udpSrv6})
+			dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+				dials.Add(1)
+				return redirect(ctx, network, address)
+			}
+			n := newGWNet(t, Options{Dial: dial, HostAddrs: hostAddrs})
+			stranger := n.addStranger(t, 1, tt.addrs...)
+
+			var bad uint64
+			for _, dst := range []netip.AddrPort{outside4, outside6} {
+				_, err := tryPodDialTCP(stranger, dst, 5*time.Second)
+				if !isTCPIPError(err, &tcpip.ErrConnectionRefused{}) {
+					t.Errorf("dial %s = %v, want connection refused", dst, err)
+				}
+				bad++
+			}
+			for _, dst := range []netip.AddrPort{udpOut4, udpOut6} {
+				u := podDialUDP(t, stranger, dst)
+				if _, err := u.Write([]byte("query")); err != nil {
+					t.Fatalf("udp write to %s: %v", dst, err)
+				}
+				u.Close()
+				bad++
+				egressWaitFor(t, "the datagram refused", func() bool { return n.gw.EgressStats().BadSource == bad })
+			}
+			if d := dials.Load(); d != 0 {
+				t.Errorf("%d host dials for a source that is not a pod, want none", d)
+			}
+			if s := n.gw.EgressStats(); s.TCPTotal != 0 || s.UDPTotal != 0 {
+				t.Errorf("stats = %+v, want no flows", s)
+			}
+
+			pod := n.addPod(t, 2)
+			plainHost(t, pod)
+			for _, dst := range []netip.AddrPort{outside4, outside6} {
+				c := podDialTCP(t, pod, dst)
+				c.Close()
+			}
+			if s := n.gw.EgressStats(); s.TCPTotal != 2 || s.BadSource != bad {
+				t.Errorf("stats = %+v, want the pod's 2 flows", s)
+			}
+		})
 	}
 }

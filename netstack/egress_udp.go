@@ -26,14 +26,21 @@ type udpFlow struct {
 	host     *hostConn
 	w        tcpip.SliceWriter // podToHostLoop's target, here so reads do not allocate
 
+	// quote is the flow's first datagram as an ICMP error quotes it
+	// (egress_icmp.go), kept until that datagram has been sent; only the
+	// flow's goroutine uses it.
+	quote []byte
+
 	start time.Time
 	last  atomic.Int64 // time of the latest datagram either way, as time.Since(start)
 }
 
 // handleUDP handles a datagram that matches no endpoint, on the goroutine
-// that delivers it into the stack. For an egress destination it opens a
-// flow: an endpoint connected to the pod, which gets this datagram and
-// from then on the flow's next ones, and a goroutine for the host side.
+// that delivers it into the stack. For an egress destination and a pod
+// source it opens a flow: an endpoint connected to the pod, which gets
+// this datagram and from then on the flow's next ones, and a goroutine for
+// the host side. A datagram to an egress destination from another source
+// is dropped and counted (see the comment in egress.go).
 //
 // It does what udp.Forwarder does, without its copy of the packet: that
 // copy is never released (gVisor's ForwarderRequest keeps a Clone of the
@@ -53,6 +60,11 @@ func (e *egress) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 		// broadcast are not the gateway's to answer.
 		return !e.p.isLocal(id.LocalAddress)
 	}
+	if !e.p.isPodSource(f.src.Addr()) {
+		e.badSource.Add(1)
+		return true
+	}
+	f.quote = e.icmp.quote(pkt)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -77,14 +89,19 @@ func (e *egress) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 
 // run is the flow's goroutine: it dials the host side, starts
 // hostToPodLoop and runs podToHostLoop, which decides when the flow ends.
-// Datagrams the pod sends during the dial wait in the endpoint.
+// Datagrams the pod sends during the dial wait in the endpoint. A dial that
+// finds the destination unreachable ends the flow with an ICMP error to
+// the pod about the first datagram; the pod's next datagram starts a new
+// flow and dials again, as a kernel router looks up its route again.
 func (f *udpFlow) run() {
 	e := f.e
 	defer e.udpActive.Add(-1)
 	defer f.ep.Close()
 	conn, err := e.dial("udp", f.dst)
 	if err != nil {
-		e.dialFailed("udp", err)
+		if _, unreach := e.dialFailed("udp", err); unreach != notUnreachable {
+			e.sendUnreachable(f.src.Addr(), unreach, f.quote)
+		}
 		e.log.Debug("egress udp dial failed", "src", f.src, "dst", f.dst, "err", err)
 		return
 	}
@@ -157,13 +174,23 @@ func (f *udpFlow) copyPodToHost() bool {
 			f.e.udpDropped.Add(1)
 			continue
 		}
-		if _, err := f.host.Write((*b)[:res.Count]); err != nil {
+		_, err := f.host.Write((*b)[:res.Count])
+		quote := f.quote
+		f.quote = nil
+		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return false
 			}
 			// A full socket buffer, or an earlier datagram's port
-			// unreachable (ECONNREFUSED): lost, as on a wire.
+			// unreachable (ECONNREFUSED): lost, as on a wire. If the
+			// first datagram finds the destination unreachable, the
+			// pod learns it as from a router; later datagrams are
+			// not quoted, so their loss is silent.
 			f.e.udpDropped.Add(1)
+			if u := unreachableKind(err); u != notUnreachable && quote != nil {
+				f.e.udpUnreach.Add(1)
+				f.e.sendUnreachable(f.src.Addr(), u, quote)
+			}
 		}
 	}
 }

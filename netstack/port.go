@@ -72,6 +72,12 @@ type Options struct {
 	// DNS are the upstream resolvers the gateway forwards DNS queries on
 	// port 53 to. Empty: the gateway does not answer DNS.
 	DNS []netip.AddrPort
+	// HostAddrs are the host port's addresses: never an egress source.
+	// Egress re-originates only pods' traffic, from addresses in the pod
+	// network other than these, so the node's own traffic routed through
+	// the gateway is refused (TCP gets a RST, UDP is dropped) instead of
+	// going round from the host's sockets back into the gateway.
+	HostAddrs []netip.Addr
 	// Logger receives lifecycle events (default: discard).
 	Logger *slog.Logger
 }
@@ -85,6 +91,7 @@ type Port struct {
 	mac   vswitch.MAC
 	pools *vswitch.Pools // frames the stack sends, and UDP segments
 	stack *stack.Stack
+	clock *stackClock // the stack's clock, see stackClock
 	ep    *endpoint
 	done  chan struct{} // closed by Close; wakes ReadBatch
 
@@ -130,7 +137,9 @@ func New(opts Options) (*Port, error) {
 	}
 	p.ep = newEndpoint(opts.MAC, frameMTU, opts.QueueLen, p.pools)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.clock = &stackClock{Clock: tcpip.NewStdClock()}
 	p.stack = stack.New(stack.Options{
+		Clock: p.clock,
 		NetworkProtocols: []stack.NetworkProtocolFactory{
 			ipv4.NewProtocol,
 			// Zero NDP configurations: the gateway is the router, so it
@@ -150,7 +159,7 @@ func New(opts Options) (*Port, error) {
 	})
 	if err := p.configure(opts); err != nil {
 		p.cancel()
-		p.stack.Destroy()
+		p.destroyStack()
 		return nil, err
 	}
 	p.startEgress()
@@ -382,12 +391,56 @@ func (p *Port) Close() error {
 		p.ep.closed.Store(true)
 		close(p.done)
 		p.cancel()
-		p.stack.Destroy()
+		p.destroyStack()
 		p.flows.Wait()
 		p.drain()
 		p.log.Info("netstack stopped")
 	})
 	return nil
+}
+
+// destroyStack stops the stack and waits for its goroutines: those
+// Stack.Destroy waits for (TCP processors, endpoints' workers) and the
+// clock's callbacks running at that moment, which it does not wait for.
+func (p *Port) destroyStack() {
+	p.stack.Destroy()
+	p.clock.wait()
+}
+
+// stackClock is the stack's clock: the standard one, except that it knows
+// which of the callbacks it runs for the stack (Clock.AfterFunc) are
+// running, so that Close can wait for them. Stack.Destroy does not, and
+// some hold packets: when link resolution completes, gVisor sends the
+// packets that waited for it from a callback scheduled with AfterFunc(0)
+// (stack/neighbor_entry.go, notifyCompletionLocked, and
+// packetsPendingLinkResolution.dequeue in stack/pending_packets.go). That
+// callback takes the packets out of the queue that Destroy releases
+// (nic.remove, linkResQueue.cancel) and holds their references until it
+// has written them, possibly after Destroy has returned. A callback that
+// starts after Destroy finds nothing to do: the NIC is gone and its
+// pending packets released.
+type stackClock struct {
+	tcpip.Clock
+	// running is held for reading by each callback while it runs; wait
+	// takes it for writing. It guards no data.
+	running sync.RWMutex
+}
+
+// AfterFunc runs f after d in its own goroutine, as tcpip.Clock does,
+// holding c.running for reading meanwhile.
+func (c *stackClock) AfterFunc(d time.Duration, f func()) tcpip.Timer {
+	return c.Clock.AfterFunc(d, func() {
+		c.running.RLock()
+		defer c.running.RUnlock()
+		f()
+	})
+}
+
+// wait returns once the callbacks running when it is called have
+// returned.
+func (c *stackClock) wait() {
+	c.running.Lock()
+	c.running.Unlock()
 }
 
 // drain releases the frames left in the queue. A frame that a late sender
