@@ -32,7 +32,10 @@ func (d *Daemon) startGateway() error {
 		DialTimeout:    d.opts.DialTimeout,
 		UDPIdleTimeout: d.opts.UDPIdleTimeout,
 		DNS:            d.opts.DNS,
-		Logger:         d.log,
+		// The host port's addresses are never egress sources, even with
+		// no host port: the node's own traffic must not loop through.
+		HostAddrs: d.hostAddrs(),
+		Logger:    d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
@@ -49,4 +52,13 @@ func (d *Daemon) startGateway() error {
 		}
 	}
 	return nil
+}
+
+// hostAddrs are the host port's addresses, the last usable of each CIDR.
+func (d *Daemon) hostAddrs() []netip.Addr {
+	a := []netip.Addr{d.v4.host}
+	if d.v6 != nil {
+		a = append(a, d.v6.host)
+	}
+	return a
 }

@@ -126,6 +126,7 @@ type gatewayCollector struct {
 	timeouts, dropped, expired         *prometheus.Desc
 	dialFailures, dnsQueries           *prometheus.Desc
 	dnsAnswered, dnsFailed, dnsDropped *prometheus.Desc
+	unreachable, icmpSent, badSource   *prometheus.Desc
 }
 
 func newGatewayCollector(d *Daemon) *gatewayCollector {
@@ -142,6 +143,9 @@ func newGatewayCollector(d *Daemon) *gatewayCollector {
 		dropped:      desc("egress_dropped_total", "Egress SYNs or datagrams dropped at the flow limits or a full socket, by protocol.", proto),
 		expired:      desc("egress_udp_expired_total", "Egress UDP flows ended after --udp-idle-timeout.", nil),
 		dialFailures: desc("egress_dial_failures_total", "Failed host-side dials of egress flows.", nil),
+		unreachable:  desc("egress_unreachable_total", "Egress flows whose destination the node has no route to; the pod got an ICMP error, by protocol.", proto),
+		icmpSent:     desc("egress_icmp_sent_total", "ICMP destination unreachable errors sent to pods.", nil),
+		badSource:    desc("egress_bad_source_total", "Egress attempts from a source that is not a pod (the host port, outside the pod network), refused.", nil),
 		dnsQueries:   desc("dns_queries_total", "DNS queries the gateway forwarded.", nil),
 		dnsAnswered:  desc("dns_answered_total", "DNS queries an upstream answered.", nil),
 		dnsFailed:    desc("dns_failed_total", "DNS queries no upstream answered (the pod got SERVFAIL).", nil),
@@ -150,7 +154,7 @@ func newGatewayCollector(d *Daemon) *gatewayCollector {
 }
 
 func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.flows, c.refused, c.timeouts, c.dropped, c.expired, c.dialFailures, c.dnsQueries, c.dnsAnswered, c.dnsFailed, c.dnsDropped} {
+	for _, d := range []*prometheus.Desc{c.active, c.flows, c.refused, c.timeouts, c.dropped, c.expired, c.dialFailures, c.unreachable, c.icmpSent, c.badSource, c.dnsQueries, c.dnsAnswered, c.dnsFailed, c.dnsDropped} {
 		ch <- d
 	}
 }
@@ -176,6 +180,10 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.timeouts, e.TCPTimeouts)
 	counter(c.expired, e.UDPExpired)
 	counter(c.dialFailures, e.DialFailures)
+	counter(c.unreachable, e.TCPUnreachable, "tcp")
+	counter(c.unreachable, e.UDPUnreachable, "udp")
+	counter(c.icmpSent, e.ICMPSent)
+	counter(c.badSource, e.BadSource)
 	counter(c.dnsQueries, dns.Queries)
 	counter(c.dnsAnswered, dns.Answered)
 	counter(c.dnsFailed, dns.Failed)

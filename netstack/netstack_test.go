@@ -360,3 +360,24 @@ func TestOptionsErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestNoARPForOthers checks that the gateway, whose NIC spoofs for egress,
+// answers ARP only for its own address: a request for another pod's
+// address gets no reply and is counted.
+func TestNoARPForOthers(t *testing.T) {
+	n := newTestNet(t)
+	other := netip.MustParseAddr("10.244.0.77")
+	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, other))
+	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, gw4))
+	n.await(t, "ARP reply for the gateway", func(e vswitch.Ether) bool {
+		return e.Type() == vswitch.EtherTypeARP && vswitch.ARP(e.Payload()).SPA() == gw4
+	})
+	for _, b := range n.pod.Written() {
+		if e := vswitch.Ether(b); e.Type() == vswitch.EtherTypeARP && vswitch.ARP(e.Payload()).SPA() == other {
+			t.Fatalf("the gateway answered ARP for %s with %s", other, vswitch.ARP(e.Payload()).SHA())
+		}
+	}
+	if d := n.gw.Drops()["in_not_ours"]; d != 1 {
+		t.Errorf("Drops()[in_not_ours] = %d, want 1", d)
+	}
+}

@@ -72,6 +72,9 @@ func (n *gwNet) addPod(t *testing.T, id byte) *Port {
 	p, err := New(Options{
 		Name: fmt.Sprintf("pod%d", id),
 		MAC:  vswitch.MAC{0x02, 0, 0, 0, 0x10, id},
+		// A pod never dials out from the host: its stack only talks
+		// through the switch.
+		Dial: redirectDial(nil),
 		Addrs: []netip.Prefix{
 			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, 0, id}), 24),
 			netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 2: 0x02, 3: 0x44, 15: id}), 64),
@@ -86,11 +89,27 @@ func (n *gwNet) addPod(t *testing.T, id byte) *Port {
 		{Destination: header.IPv4EmptySubnet, Gateway: tcpipAddr(netGW4.Addr()), NIC: nicID},
 		{Destination: header.IPv6EmptySubnet, Gateway: tcpipAddr(netGW6.Addr()), NIC: nicID},
 	})
+	plainHost(t, p)
 	if _, err := n.sw.AddPort(p); err != nil {
 		p.Close()
 		t.Fatalf("AddPort(pod %d): %v", id, err)
 	}
 	return p
+}
+
+// plainHost makes a Port used as a pod a plain host: not promiscuous, no
+// spoofing. A Port spoofs for the gateway's sake, and a spoofing gVisor
+// NIC answers ARP requests for any address (nic.CheckLocalAddress), so
+// with two such stacks on the switch besides the gateway, one might
+// claim the gateway's address for the other's traffic.
+func plainHost(t *testing.T, p *Port) {
+	t.Helper()
+	if err := p.stack.SetSpoofing(nicID, false); err != nil {
+		t.Fatalf("SetSpoofing: %v", err)
+	}
+	if err := p.stack.SetPromiscuousMode(nicID, false); err != nil {
+		t.Fatalf("SetPromiscuousMode: %v", err)
+	}
 }
 
 func tcpipAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFromSlice(a.Unmap().AsSlice()) }

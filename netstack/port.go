@@ -113,7 +113,7 @@ type Port struct {
 
 	dropBadFrame atomic.Uint64 // too short, too long or a broken UDP super-frame
 	dropNoNIC    atomic.Uint64 // no NIC attached (never expected)
-	dropNotOurs  atomic.Uint64 // flooded unicast for another MAC
+	dropNotOurs  atomic.Uint64 // flooded unicast for another MAC, ARP for another IP
 }
 
 var _ vswitch.Port = (*Port)(nil)
@@ -145,9 +145,9 @@ func New(opts Options) (*Port, error) {
 			// Zero NDP configurations: the gateway is the router, so it
 			// neither sends router solicitations nor lets a pod's router
 			// advertisement give it addresses or routes. Zero DAD
-			// configurations: the addresses come from our IPAM and the
-			// switch's port security keeps pods from claiming them, so
-			// they are usable at once instead of tentative for a second.
+			// configurations: the addresses come from the daemon, which
+			// hands each out once, so they are usable at once instead of
+			// tentative for a second.
 			// The link-local address is for router advertisements, which
 			// must come from one (RFC 4861 section 6.1.2).
 			ipv6.NewProtocolWithOptions(ipv6.Options{AutoGenLinkLocal: true}),
@@ -268,6 +268,26 @@ func (p *Port) inPodNetwork(a netip.Addr) bool {
 	return false
 }
 
+// arpForOthers reports whether frame is an ARP request for an address
+// that is not the gateway's.
+func (p *Port) arpForOthers(frame []byte) bool {
+	e := vswitch.Ether(frame)
+	if e.Type() != vswitch.EtherTypeARP || len(e.Payload()) < 28 {
+		return false
+	}
+	a := vswitch.ARP(e.Payload())
+	if a.Op() != 1 {
+		return false
+	}
+	tpa := a.TPA()
+	for _, pfx := range p.opts.Addrs {
+		if pfx.Addr() == tpa {
+			return false
+		}
+	}
+	return true
+}
+
 // forUs reports whether the switch meant frame for the gateway: addressed
 // to its MAC, broadcast or multicast. A flooded frame for another pod's
 // unknown MAC is not, and must not reach a promiscuous stack that would
@@ -333,6 +353,11 @@ func (p *Port) writeFrame(f *vswitch.Frame) {
 		f.Len() > maxSuperFrame:
 		p.dropBadFrame.Add(1)
 	case !p.forUs(f.Bytes()):
+		p.dropNotOurs.Add(1)
+	case p.arpForOthers(f.Bytes()):
+		// The NIC spoofs (for egress), so gVisor would answer ARP for any
+		// address and claim the IPs of pods the switch's responder does
+		// not know yet. Only the gateway's own addresses are answered.
 		p.dropNotOurs.Add(1)
 	case gso == vswitch.GSOUDPL4:
 		segs, err := vswitch.Segment(nil, f, p.pools)

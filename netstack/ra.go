@@ -219,8 +219,8 @@ func (p *Port) linkLocal() (tcpip.Address, bool) {
 //   - prefix information for each prefix (section 4.6.2) with L = 1: the
 //     prefix is on-link, pods reach each other directly, not through the
 //     gateway. A = 0: pods must not autoconfigure addresses from it (RFC
-//     4862 section 5.5.3), since every pod address comes from our IPAM and
-//     port security drops frames from any other source address.
+//     4862 section 5.5.3), since every pod address comes from the
+//     daemon, which hands each out once and configures it on the pod.
 func routerAdvert(mac vswitch.MAC, mtu int, prefixes []netip.Prefix) []byte {
 	b := make([]byte, 16, 16+8+8+32*len(prefixes))
 	b[0] = icmpv6RouterAdvert

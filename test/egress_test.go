@@ -669,3 +669,32 @@ func daemonMetrics(t *testing.T, d *daemonProc) string {
 	}}
 	return get(t, hc, "http://tapswitchd/metrics")
 }
+
+// TestEgressUnreachable dials, from the pod, addresses the node has an
+// unreachable route for: the node's own connect fails at once, and so must
+// the pod's, on the gateway's ICMP error, not after its SYN retries. The
+// pod's kernel takes the error only if it quotes the SYN's real sequence
+// number (tcp_v4_err, tcp_v6_err), which gVisor test pods do not check.
+func TestEgressUnreachable(t *testing.T) {
+	testutil.RequireRoot(t)
+	d, _, p := egressDaemon(t, 51, "egress-unreach")
+	node := filepath.Base(d.node)
+	ipCmd(t, "-n", node, "route", "add", "unreachable", "198.19.2.0/24")
+	ipCmd(t, "-n", node, "-6", "route", "add", "unreachable", "2001:db8:2::/64")
+	for _, dst := range []string{"198.19.2.5:80", "[2001:db8:2::5]:80"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		c, err := nsDialer(p.ns)(ctx, "tcp", dst)
+		cancel()
+		if err == nil {
+			c.Close()
+			t.Fatalf("dial %s from the pod succeeded", dst)
+		}
+		if !errors.Is(err, syscall.EHOSTUNREACH) && !errors.Is(err, syscall.ENETUNREACH) {
+			t.Errorf("dial %s from the pod = %v after %v, want no route to host or network unreachable", dst, err, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if v := metric(t, daemonMetrics(t, d), "tapswitch_gateway_egress_icmp_sent_total"); v < 2 {
+		t.Errorf("tapswitch_gateway_egress_icmp_sent_total = %v, want >= 2", v)
+	}
+}
