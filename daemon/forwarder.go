@@ -171,6 +171,23 @@ func (f *forwarder) close() {
 	f.wg.Wait()
 }
 
+// backOff waits after a failed accept or read — out of fds and the like —
+// rather than retry at once: 5 ms, doubling up to 1 s. It reports false
+// when the forwarder is closing.
+func (f *forwarder) backOff(backoff *time.Duration, op string, err error) bool {
+	if f.ctx.Err() != nil {
+		return false
+	}
+	*backoff = min(max(2**backoff, 5*time.Millisecond), time.Second)
+	f.log.Warn(op, "err", err, "retry_in", *backoff)
+	select {
+	case <-time.After(*backoff):
+		return true
+	case <-f.ctx.Done():
+		return false
+	}
+}
+
 // acceptLoop accepts TCP clients and proxies each on a proxyLoop
 // goroutine. With maxForwardConns open it waits for one to end before it
 // accepts the next: new clients wait in the listen backlog.
@@ -179,16 +196,7 @@ func (f *forwarder) acceptLoop() {
 	for {
 		c, err := f.ln.Accept()
 		if err != nil {
-			if f.ctx.Err() != nil {
-				return
-			}
-			// Out of fds and the like: wait for connections to end
-			// rather than retry at once.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			f.log.Warn("accept", "err", err, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-f.ctx.Done():
+			if !f.backOff(&backoff, "accept", err) {
 				return
 			}
 			continue
@@ -274,14 +282,7 @@ func (f *forwarder) readLoop() {
 	for {
 		n, oobn, _, client, err := f.pc.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
-			if f.ctx.Err() != nil {
-				return
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			f.log.Warn("read", "err", err, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-f.ctx.Done():
+			if !f.backOff(&backoff, "read", err) {
 				return
 			}
 			continue

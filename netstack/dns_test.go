@@ -307,18 +307,6 @@ func podQueryTCP(pod *Port, server netip.AddrPort, q []byte) ([]byte, error) {
 	return queryTCP(c, q)
 }
 
-// dnsWaitFor polls cond for up to 10s.
-func dnsWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func checkDNSStats(t *testing.T, p *Port, want DNSStats) {
 	t.Helper()
 	if got := p.DNSStats(); got != want {
@@ -488,7 +476,7 @@ func TestDNSMalformed(t *testing.T) {
 	// packets queued meanwhile from a goroutine of its own
 	// (stack/pending_packets.go, dequeue), so a later write can overtake
 	// them: wait for both to be dropped before the good query.
-	dnsWaitFor(t, "the malformed queries dropped", func() bool { return n.gw.DNSStats().Dropped == 2 })
+	waitFor(t, "the malformed queries dropped", func() bool { return n.gw.DNSStats().Dropped == 2 })
 	// A good query after them is answered: the socket read the bad ones.
 	q := dnsQuery(0x3003, "www.example.", typeA)
 	if _, err := c.Write(q); err != nil {
@@ -531,14 +519,14 @@ func TestDNSUDPLimit(t *testing.T) {
 	if _, err := c.Write(dnsQuery(0, "www.example.", typeA)); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	dnsWaitFor(t, "the first query upstream", func() bool { return up.udpQueries.Load() == 1 })
+	waitFor(t, "the first query upstream", func() bool { return up.udpQueries.Load() == 1 })
 	const total = dnsMaxUDPQueries + 64
 	for i := 1; i < total; i++ {
 		if _, err := c.Write(dnsQuery(uint16(i), "www.example.", typeA)); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
 	}
-	dnsWaitFor(t, "dropped queries", func() bool { return n.gw.DNSStats().Dropped > 0 })
+	waitFor(t, "dropped queries", func() bool { return n.gw.DNSStats().Dropped > 0 })
 	if s := n.gw.DNSStats(); s.Queries+s.Dropped > total {
 		t.Errorf("DNSStats = %+v for %d queries", s, total)
 	}
@@ -566,7 +554,7 @@ func TestDNSCloseInFlight(t *testing.T) {
 	if _, err := tc.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(tq))), tq...)); err != nil {
 		t.Fatalf("tcp write: %v", err)
 	}
-	dnsWaitFor(t, "queries upstream", func() bool { return up.udpQueries.Load() == 3 && up.tcpQueries.Load() == 1 })
+	waitFor(t, "queries upstream", func() bool { return up.udpQueries.Load() == 3 && up.tcpQueries.Load() == 1 })
 
 	n.gw.Close()
 	up.mu.Lock()

@@ -125,18 +125,6 @@ func newEgressNet(t *testing.T, opts Options, to map[netip.AddrPort]netip.AddrPo
 	return n, n.addPod(t, 2)
 }
 
-// egressWaitFor polls cond for up to five seconds.
-func egressWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // isTCPIPError reports whether err, from gonet, carries want's message
 // (gonet turns tcpip errors into plain errors with their text).
 func isTCPIPError(err error, want tcpip.Error) bool {
@@ -231,7 +219,7 @@ func TestEgressTCPRefused(t *testing.T) {
 	if !isTCPIPError(err, &tcpip.ErrConnectionRefused{}) {
 		t.Fatalf("pod dial = %v, want connection refused", err)
 	}
-	egressWaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	if s := n.gw.EgressStats(); s.TCPRefused != 1 || s.DialFailures != 1 || s.TCPTotal != 1 {
 		t.Errorf("stats = %+v, want 1 flow, 1 refused, 1 dial failure", s)
 	}
@@ -320,7 +308,7 @@ func TestEgressTCPResetFromPod(t *testing.T) {
 	if err := <-got; !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("server read after pod RST = %v, want ECONNRESET", err)
 	}
-	egressWaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 }
 
 // TestEgressTCPNoTimeWait checks that a flow whose far side closes first
@@ -335,7 +323,7 @@ func TestEgressTCPNoTimeWait(t *testing.T) {
 	if err != nil || string(got) != "bye" {
 		t.Fatalf("read %q, %v; want bye", got, err)
 	}
-	egressWaitFor(t, "the flow to end", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	waitFor(t, "the flow to end", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	for _, ep := range n.gw.stack.RegisteredEndpoints() {
 		if ep, ok := ep.(*tcp.Endpoint); ok && tcp.EndpointState(ep.State()) == tcp.StateTimeWait {
 			t.Errorf("gateway endpoint %+v in TIME-WAIT", ep.TransportEndpointInfo.ID)
@@ -365,7 +353,7 @@ func TestEgressTCPDialTimeout(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("pod dial = %v, want its own deadline (no answer)", err)
 	}
-	egressWaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	if m := maxInFlight.Load(); m != 1 {
 		t.Errorf("%d dials at once, want 1", m)
 	}
@@ -385,7 +373,7 @@ func TestEgressTCPDialFailsSilently(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("pod dial = %v, want its own deadline (no answer)", err)
 	}
-	egressWaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	if s := n.gw.EgressStats(); s.DialFailures < 1 || s.TCPRefused != 0 || s.TCPTimeouts != 0 || s.TCPUnreachable != 0 || s.ICMPSent != 0 {
 		t.Errorf("stats = %+v, want dial failures, none refused, timed out or unreachable, no ICMP", s)
 	}
@@ -564,7 +552,7 @@ func testCloseDuringHandshake(t *testing.T, cancelFirst bool) {
 	}
 	if cancelFirst {
 		p.cancel()
-		egressWaitFor(t, "the flow to end", func() bool { return p.EgressStats().TCPActive == 0 })
+		waitFor(t, "the flow to end", func() bool { return p.EgressStats().TCPActive == 0 })
 	}
 	closeWithin(t, p, 10*time.Second)
 	if err := <-serverDone; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
@@ -631,7 +619,7 @@ func TestEgressUDPIdle(t *testing.T) {
 	stats := n.gw.EgressStats
 
 	udpRoundTrip(t, c, []byte("one"))
-	egressWaitFor(t, "the flow to expire", func() bool { s := stats(); return s.UDPActive == 0 && s.UDPExpired == 1 })
+	waitFor(t, "the flow to expire", func() bool { s := stats(); return s.UDPActive == 0 && s.UDPExpired == 1 })
 
 	udpRoundTrip(t, c, []byte("two"))
 	if s := stats(); s.UDPTotal != 2 || s.UDPActive != 1 {
@@ -682,7 +670,7 @@ func TestEgressUDPFlowLimit(t *testing.T) {
 		if _, err := c.Write([]byte("over")); err != nil {
 			t.Fatalf("write: %v", err)
 		}
-		egressWaitFor(t, "a dropped datagram", func() bool { return n.gw.EgressStats().UDPDropped == uint64(i+1) })
+		waitFor(t, "a dropped datagram", func() bool { return n.gw.EgressStats().UDPDropped == uint64(i+1) })
 	}
 	if s := n.gw.EgressStats(); s.UDPTotal != 2 || s.UDPActive != 2 {
 		t.Errorf("stats = %+v, want two flows", s)
@@ -719,7 +707,7 @@ func TestEgressNotForwarded(t *testing.T) {
 	// 1122 section 4.1.3.3).
 	for _, gw := range []netip.Prefix{netGW4, netGW6} {
 		u := podDialUDP(t, pod, netip.AddrPortFrom(gw.Addr(), 9))
-		egressWaitFor(t, "port unreachable from the gateway", func() bool {
+		waitFor(t, "port unreachable from the gateway", func() bool {
 			_, err := u.Write([]byte("discard"))
 			time.Sleep(10 * time.Millisecond)
 			return isTCPIPError(err, &tcpip.ErrConnectionRefused{})
@@ -835,7 +823,7 @@ func TestEgressManyFlows(t *testing.T) {
 			t.Fatalf("write: %v", err)
 		}
 	}
-	egressWaitFor(t, "the short connections' flows to end", func() bool { return n.gw.EgressStats().TCPActive == openTCP })
+	waitFor(t, "the short connections' flows to end", func() bool { return n.gw.EgressStats().TCPActive == openTCP })
 	s := n.gw.EgressStats()
 	if s.TCPTotal != tcpFlows+openTCP || s.UDPTotal != udpFlows || s.UDPActive != udpFlows || s.DialFailures != 0 {
 		t.Errorf("stats = %+v, want %d TCP and %d UDP flows", s, tcpFlows+openTCP, udpFlows)
@@ -978,7 +966,7 @@ func TestEgressNotFromPod(t *testing.T) {
 				}
 				u.Close()
 				bad++
-				egressWaitFor(t, "the datagram refused", func() bool { return n.gw.EgressStats().BadSource == bad })
+				waitFor(t, "the datagram refused", func() bool { return n.gw.EgressStats().BadSource == bad })
 			}
 			if d := dials.Load(); d != 0 {
 				t.Errorf("%d host dials for a source that is not a pod, want none", d)
