@@ -80,7 +80,7 @@ func TestGatewayRouterAdvertisement(t *testing.T) {
 	gw6 := netip.MustParseAddr("fd00:4a4:47::1")
 	mustPing(t, p, gw6) // which leaves the gateway's MAC in the pod's neighbour table
 
-	h := podNetlink(t, p)
+	h := nsNetlink(t, p.ns)
 	link, err := h.LinkByName(p.IfName)
 	if err != nil {
 		t.Fatal(err)
@@ -152,11 +152,11 @@ func TestGatewayRouterAdvertisement(t *testing.T) {
 	}
 }
 
-// podNetlink returns a netlink handle inside the pod's namespace, closed
+// nsNetlink returns a netlink handle inside the namespace at ns, closed
 // when the test ends.
-func podNetlink(t *testing.T, p pod) *netlink.Handle {
+func nsNetlink(t *testing.T, ns string) *netlink.Handle {
 	t.Helper()
-	nsh, err := netnsutil.Open(p.ns)
+	nsh, err := netnsutil.Open(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,16 +352,7 @@ func echoStream(t *testing.T, c net.Conn, msg []byte) {
 // checkHostPortAddrs fails t unless the node's tsw0 has exactly want.
 func checkHostPortAddrs(t *testing.T, d *daemonProc, want ...netip.Prefix) {
 	t.Helper()
-	nsh, err := netnsutil.Open(d.node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := nsNetlink(t, d.node)
 	link, err := h.LinkByName(daemon.DefaultHostPort)
 	if err != nil {
 		t.Fatalf("host port %s on the node: %v", daemon.DefaultHostPort, err)
