@@ -5,7 +5,7 @@ GO      ?= go
 PREFIX  ?= /usr/local
 BIN     := bin
 # Packages with goroutines of their own run under the race detector.
-UNIT    := ./switch/... ./tap/... ./netstack/... ./daemon/... ./internal/... ./cmd/...
+UNIT    := ./switch/... ./tap/... ./netstack/... ./ipam/... ./daemon/... ./internal/... ./cmd/...
 
 .PHONY: all build test demo deps install clean fuzz bench bench-short bench-scale
 
@@ -30,6 +30,8 @@ test: build deps
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzForward -fuzztime 60s ./switch/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeVnetHdr -fuzztime 60s ./tap/
+	$(GO) test -run '^$$' -fuzz FuzzParseReserve -fuzztime 60s ./ipam/
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./ipam/
 
 # The main job on embedded defaults: daemon, pods, traffic, figures,
 # clean-up (also on Ctrl-C and on failure).

@@ -35,6 +35,9 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/fdb", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.sw.FDB())
 	})
+	mux.HandleFunc("GET /v1/ipam", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Leases())
+	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.Stats())
 	})

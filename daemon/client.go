@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"tapswitch/ipam"
 	vswitch "tapswitch/switch"
 )
 
@@ -82,6 +83,13 @@ func (c *Client) FDB(ctx context.Context) ([]vswitch.FDBRecord, error) {
 	var fdb []vswitch.FDBRecord
 	err := c.do(ctx, http.MethodGet, "/v1/fdb", nil, &fdb)
 	return fdb, err
+}
+
+// Leases lists the address leases.
+func (c *Client) Leases(ctx context.Context) ([]ipam.Lease, error) {
+	var leases []ipam.Lease
+	err := c.do(ctx, http.MethodGet, "/v1/ipam", nil, &leases)
+	return leases, err
 }
 
 // Stats returns the switch's counters.

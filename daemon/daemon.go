@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"tapswitch/ipam"
 	"tapswitch/netstack"
 	vswitch "tapswitch/switch"
 )
@@ -30,6 +31,9 @@ const (
 type Options struct {
 	PodCIDR  netip.Prefix // required
 	PodCIDR6 netip.Prefix // optional
+	// Reserve are addresses of the pod CIDRs never given to pods, besides
+	// the network, broadcast, gateway and host port addresses.
+	Reserve  []ipam.Range
 	StateDir string
 	Socket   string
 	MTU      int
@@ -74,8 +78,7 @@ type Daemon struct {
 
 	mu       sync.Mutex // guards pods, v4, v6, forwards
 	pods     map[string]*podEntry
-	v4       *addrRange
-	v6       *addrRange
+	ipam     *ipam.Allocator           // pods' addresses, on disk in StateDir/ipam.db
 	forwards map[forwardKey]*forwarder // port forwards, see forwards.go
 
 	metrics http.Handler
@@ -129,16 +132,8 @@ func New(opts Options) (*Daemon, error) {
 	if !opts.PodCIDR.Addr().Is4() {
 		return nil, fmt.Errorf("pod cidr %q: want an IPv4 cidr", opts.PodCIDR)
 	}
-	if d.v4, err = newAddrRange(opts.PodCIDR); err != nil {
-		return nil, fmt.Errorf("pod cidr: %w", err)
-	}
-	if opts.PodCIDR6.IsValid() {
-		if !opts.PodCIDR6.Addr().Is6() || opts.PodCIDR6.Addr().Is4In6() {
-			return nil, fmt.Errorf("pod cidr6 %s: want an IPv6 cidr", opts.PodCIDR6)
-		}
-		if d.v6, err = newAddrRange(opts.PodCIDR6); err != nil {
-			return nil, fmt.Errorf("pod cidr6: %w", err)
-		}
+	if opts.PodCIDR6.IsValid() && (!opts.PodCIDR6.Addr().Is6() || opts.PodCIDR6.Addr().Is4In6()) {
+		return nil, fmt.Errorf("pod cidr6 %s: want an IPv6 cidr", opts.PodCIDR6)
 	}
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
@@ -147,23 +142,24 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.ipam, err = openIPAM(opts, d.log); err != nil {
+		d.state.close()
+		return nil, err
+	}
 	d.metrics = d.metricsHandler()
 	swOpts := opts.Switch
 	swOpts.Logger = d.log
 	d.sw = vswitch.New(swOpts)
 	if err := d.startGateway(); err != nil {
-		d.sw.Close()
-		d.state.close()
+		d.closeStores()
 		return nil, err
 	}
 	if err := d.ensureHostPort(); err != nil {
-		d.sw.Close()
-		d.state.close()
+		d.closeStores()
 		return nil, err
 	}
 	if err := d.restore(); err != nil {
-		d.sw.Close()
-		d.state.close()
+		d.closeStores()
 		return nil, err
 	}
 	return d, nil
@@ -228,7 +224,15 @@ func (d *Daemon) Close() error {
 	if d.ln != nil {
 		os.Remove(d.opts.Socket)
 	}
-	return errors.Join(err, d.state.close())
+	return errors.Join(err, d.ipam.Close(), d.state.close())
+}
+
+// closeStores undoes a New that failed after the stores and the switch
+// were opened.
+func (d *Daemon) closeStores() {
+	d.sw.Close()
+	d.ipam.Close()
+	d.state.close()
 }
 
 // Switch returns the daemon's switch, for tests and in-process users.

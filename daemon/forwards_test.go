@@ -24,6 +24,7 @@ import (
 
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
+	"tapswitch/ipam"
 
 	"golang.org/x/sys/unix"
 )
@@ -302,7 +303,7 @@ func TestForwardTCP(t *testing.T) {
 	}
 	// The pod saw the gateway as the client.
 	peers.Range(func(k, _ any) bool {
-		if a := k.(netip.Addr); a != d.v4.gateway && a != d.v6.gateway {
+		if a := k.(netip.Addr); a != ipam.Gateway(d.opts.PodCIDR) && a != ipam.Gateway(d.opts.PodCIDR6) {
 			t.Errorf("pod server saw client %s, want a gateway address", a)
 		}
 		return true
@@ -693,13 +694,14 @@ func TestForwardsRestored(t *testing.T) {
 func TestRestoreDropsForwardsOfForgottenPods(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
-	ready := testPod("ready", ns, "10.252.9.2/29")
+	ready := testPod("ready", ns, "10.252.9.2/28")
 	leftoverTAP(t, ready)
-	gone := testPod("gone", "/var/run/netns/tsw-test-never-made", "10.252.9.3/29")
+	gone := testPod("gone", "/var/run/netns/tsw-test-never-made", "10.252.9.3/28")
 	readyFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoTCP, Pod: "ready", Port: 80}
 	goneFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoUDP, Pod: "gone", Port: 53}
 	unknownFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoTCP, Pod: "never", Port: 80}
 	state := t.TempDir()
+	seedLeases(t, state, ready, gone)
 	s, err := openState(filepath.Join(state, "pods.json"))
 	if err != nil {
 		t.Fatal(err)

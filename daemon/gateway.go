@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"net/netip"
 
 	"tapswitch/netstack"
 	vswitch "tapswitch/switch"
@@ -21,10 +20,7 @@ func hostPortMAC() vswitch.MAC { return podMAC("tapswitch", "host") }
 // of each pod CIDR, attaches it to the switch and binds its addresses for
 // the ARP responder.
 func (d *Daemon) startGateway() error {
-	addrs := []netip.Prefix{netip.PrefixFrom(d.v4.gateway, d.v4.prefix.Bits())}
-	if d.v6 != nil {
-		addrs = append(addrs, netip.PrefixFrom(d.v6.gateway, d.v6.prefix.Bits()))
-	}
+	addrs := d.gatewayAddrs()
 	gw, err := netstack.New(netstack.Options{
 		MAC:            gatewayMAC(),
 		MTU:            d.opts.MTU,
@@ -52,13 +48,4 @@ func (d *Daemon) startGateway() error {
 		}
 	}
 	return nil
-}
-
-// hostAddrs are the host port's addresses, the last usable of each CIDR.
-func (d *Daemon) hostAddrs() []netip.Addr {
-	a := []netip.Addr{d.v4.host}
-	if d.v6 != nil {
-		a = append(a, d.v6.host)
-	}
-	return a
 }

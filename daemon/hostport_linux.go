@@ -45,7 +45,7 @@ func (d *Daemon) ensureHostPort() error {
 	if err != nil {
 		return fmt.Errorf("host port: %w", err)
 	}
-	if d.v6 != nil {
+	if d.opts.PodCIDR6.IsValid() {
 		// The gateway's router advertisements reach the host port too.
 		// The node must not take them: a default route through the
 		// gateway would send the node's own traffic into egress, which
@@ -69,15 +69,6 @@ func (d *Daemon) ensureHostPort() error {
 	}
 	d.log.Info("host port attached", "ifname", d.opts.HostPort, "addrs", addrs)
 	return nil
-}
-
-// hostPortAddrs are the host port's addresses with their CIDRs' prefixes.
-func (d *Daemon) hostPortAddrs() []netip.Prefix {
-	addrs := []netip.Prefix{netip.PrefixFrom(d.v4.host, d.v4.prefix.Bits())}
-	if d.v6 != nil {
-		addrs = append(addrs, netip.PrefixFrom(d.v6.host, d.v6.prefix.Bits()))
-	}
-	return addrs
 }
 
 // reopenHostPort opens an existing host port that matches cfg. It returns

@@ -18,6 +18,7 @@ type switchCollector struct {
 	txFrames, txBytes               *prometheus.Desc
 	drops, arpReplies, learnRefused *prometheus.Desc
 	readErrors, segmented           *prometheus.Desc
+	leased, addresses               *prometheus.Desc
 }
 
 func newSwitchCollector(d *Daemon) *switchCollector {
@@ -38,11 +39,13 @@ func newSwitchCollector(d *Daemon) *switchCollector {
 		learnRefused: desc("port_learn_refused_total", "Source MACs not learned because the FDB was full.", port),
 		readErrors:   desc("port_read_errors_total", "Failed reads from the port.", port),
 		segmented:    desc("port_segmented_total", "GSO super-frames segmented in software for the port.", port),
+		leased:       desc("ipam_addresses_leased", "Pod addresses leased, by family.", []string{"family"}),
+		addresses:    desc("ipam_addresses", "Pod addresses in the CIDR, by family (the gateway, host port and reserved ones not counted).", []string{"family"}),
 	}
 }
 
 func (c *switchCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pods, c.fdb, c.rxFrames, c.rxBytes, c.txFrames, c.txBytes, c.drops, c.arpReplies, c.learnRefused, c.readErrors, c.segmented} {
+	for _, d := range []*prometheus.Desc{c.pods, c.fdb, c.rxFrames, c.rxBytes, c.txFrames, c.txBytes, c.drops, c.arpReplies, c.learnRefused, c.readErrors, c.segmented, c.leased, c.addresses} {
 		ch <- d
 	}
 }
@@ -51,6 +54,14 @@ func (c *switchCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.d.Stats()
 	ch <- prometheus.MustNewConstMetric(c.pods, prometheus.GaugeValue, float64(st.Pods))
 	ch <- prometheus.MustNewConstMetric(c.fdb, prometheus.GaugeValue, float64(st.FDBEntries))
+	used4, used6 := c.d.ipam.InUse()
+	size4, size6 := c.d.ipam.Size()
+	ch <- prometheus.MustNewConstMetric(c.leased, prometheus.GaugeValue, float64(used4), "ipv4")
+	ch <- prometheus.MustNewConstMetric(c.addresses, prometheus.GaugeValue, float64(size4), "ipv4")
+	if c.d.opts.PodCIDR6.IsValid() {
+		ch <- prometheus.MustNewConstMetric(c.leased, prometheus.GaugeValue, float64(used6), "ipv6")
+		ch <- prometheus.MustNewConstMetric(c.addresses, prometheus.GaugeValue, float64(size6), "ipv6")
+	}
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"tapswitch/internal/netnsutil"
+	"tapswitch/ipam"
 	vswitch "tapswitch/switch"
 	"tapswitch/tap"
 )
@@ -100,25 +100,15 @@ func (d *Daemon) reserve(pod *Pod) error {
 		}
 		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, pod.ID)
 	}
-	ip4, err := d.v4.allocate(pod.ID)
+	lease, err := d.ipam.Allocate(leaseKey(*pod))
 	if err != nil {
 		return err
 	}
-	pod.IPs = []netip.Prefix{ip4}
-	pod.Gateways = []netip.Addr{d.v4.gateway}
-	if len(d.opts.DNS) > 0 {
-		pod.DNS = []netip.Addr{d.v4.gateway}
-	}
-	if d.v6 != nil {
-		ip6, err := d.v6.allocate(pod.ID)
-		if err != nil {
-			d.v4.release(ip4.Addr())
-			return err
-		}
-		pod.IPs = append(pod.IPs, ip6)
-		pod.Gateways = append(pod.Gateways, d.v6.gateway)
+	pod.IPs = lease.IPs
+	for _, gw := range d.gatewayAddrs() {
+		pod.Gateways = append(pod.Gateways, gw.Addr())
 		if len(d.opts.DNS) > 0 {
-			pod.DNS = append(pod.DNS, d.v6.gateway)
+			pod.DNS = append(pod.DNS, gw.Addr())
 		}
 	}
 	d.pods[pod.ID] = &podEntry{Pod: *pod, state: podAdding}
@@ -177,13 +167,11 @@ func (d *Daemon) unreserve(pod Pod) {
 	}
 }
 
+// releaseLocked gives the pod's addresses back. A release that cannot be
+// written leaves the lease; the next start's reconciliation frees it.
 func (d *Daemon) releaseLocked(pod Pod) {
-	for _, p := range pod.IPs {
-		if p.Addr().Is4() {
-			d.v4.release(p.Addr())
-		} else if d.v6 != nil {
-			d.v6.release(p.Addr())
-		}
+	if _, _, err := d.ipam.Release(leaseKey(pod)); err != nil {
+		d.log.Error("release addresses; freed at the next start", "pod", pod.ID, "err", err)
 	}
 }
 
@@ -306,7 +294,9 @@ func (d *Daemon) saveLocked() error {
 // restore re-attaches the pods of the state file: their TAPs persisted
 // while the daemon was down. An add or delete a crash cut short is undone
 // or finished; a pod whose netns or TAP is gone is forgotten and its
-// addresses released.
+// addresses released. The address store is reconciled with what remains:
+// a pod without its lease is removed (its addresses may be someone
+// else's), a lease without a pod is released.
 func (d *Daemon) restore() error {
 	saved, err := d.state.read()
 	if err != nil {
@@ -316,68 +306,82 @@ func (d *Daemon) restore() error {
 	defer d.mu.Unlock()
 	for _, sp := range saved.Pods {
 		pod := sp.Pod
-		if err := d.reserveSavedLocked(pod); err != nil {
-			return fmt.Errorf("state file %s: %w", d.state.path, err)
+		if _, dup := d.pods[pod.ID]; dup {
+			return fmt.Errorf("state file %s: pod %s is listed twice", d.state.path, pod.ID)
 		}
 		pod.PortID = 0
 		d.pods[pod.ID] = &podEntry{Pod: pod, state: podReady}
 		if sp.State != podReady {
-			d.finishLocked(pod, sp.State)
+			d.finishLocked(pod, "interrupted "+string(sp.State))
 			continue
 		}
-		if _, err := os.Stat(pod.NetNS); errors.Is(err, fs.ErrNotExist) {
-			d.forgetLocked(pod, "netns is gone")
+		if err := d.checkLease(pod); err != nil {
+			d.log.Error("pod without its address lease; removing it", "pod", pod.ID, "err", err)
+			d.finishLocked(pod, "no lease")
 			continue
 		}
-		port, err := tap.Open(tap.Config{
-			NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
-			Offloads: pod.Offloads, Queues: max(pod.Queues, 1), Logger: d.log.With("pod", pod.ID),
-		})
-		if errors.Is(err, tap.ErrNotFound) {
-			d.forgetLocked(pod, "tap device is gone")
-			continue
-		}
-		if err == nil {
-			pod.PortID, err = d.attach(pod, port)
-		}
-		if err != nil {
-			d.log.Error("re-attach pod; it stays detached until deleted", "pod", pod.ID, "err", err)
-			continue
-		}
-		d.pods[pod.ID].PortID = pod.PortID
-		d.log.Info("pod re-attached", "pod", pod.ID)
+		d.reattachLocked(pod)
+	}
+	if err := d.releaseOrphanLeasesLocked(); err != nil {
+		return err
 	}
 	return d.restoreForwardsLocked(saved.Forwards)
 }
 
-// finishLocked completes an add (by undoing it) or a delete that a crash
-// interrupted: the TAP goes and the pod is forgotten. If the TAP cannot be
-// removed the pod stays, detached, for a later delete.
-func (d *Daemon) finishLocked(pod Pod, state podState) {
-	if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
-		d.log.Error("finish interrupted "+string(state)+"; the pod stays detached until deleted", "pod", pod.ID, "err", err)
+// reattachLocked opens the TAP of a saved pod and attaches it, or forgets
+// the pod if its netns or TAP is gone.
+func (d *Daemon) reattachLocked(pod Pod) {
+	if _, err := os.Stat(pod.NetNS); errors.Is(err, fs.ErrNotExist) {
+		d.forgetLocked(pod, "netns is gone")
 		return
 	}
-	d.forgetLocked(pod, "interrupted "+string(state))
+	port, err := tap.Open(tap.Config{
+		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
+		Offloads: pod.Offloads, Queues: max(pod.Queues, 1), Logger: d.log.With("pod", pod.ID),
+	})
+	if errors.Is(err, tap.ErrNotFound) {
+		d.forgetLocked(pod, "tap device is gone")
+		return
+	}
+	if err == nil {
+		pod.PortID, err = d.attach(pod, port)
+	}
+	if err != nil {
+		d.log.Error("re-attach pod; it stays detached until deleted", "pod", pod.ID, "err", err)
+		return
+	}
+	d.pods[pod.ID].PortID = pod.PortID
+	d.log.Info("pod re-attached", "pod", pod.ID)
 }
 
-func (d *Daemon) reserveSavedLocked(pod Pod) error {
-	if _, dup := d.pods[pod.ID]; dup {
-		return fmt.Errorf("pod %s is listed twice", pod.ID)
+// releaseOrphanLeasesLocked releases the leases of attachments the daemon
+// does not know: a crash after the lease was written and before the pod
+// was, or a pod forgotten while its release could not be written.
+func (d *Daemon) releaseOrphanLeasesLocked() error {
+	live := make([]ipam.Key, 0, len(d.pods))
+	for _, e := range d.pods {
+		live = append(live, leaseKey(e.Pod))
 	}
-	for _, p := range pod.IPs {
-		r := d.v4
-		if p.Addr().Is6() {
-			r = d.v6
-		}
-		if r == nil || !r.prefix.Contains(p.Addr()) {
-			return fmt.Errorf("pod %s has address %s outside the pod cidrs (was the daemon started with other --pod-cidr flags?)", pod.ID, p)
-		}
-		if err := r.reserve(p.Addr(), pod.ID); err != nil {
-			return err
-		}
+	released, err := d.ipam.GC(live)
+	if err != nil {
+		return fmt.Errorf("release leases of unknown pods: %w", err)
+	}
+	for _, l := range released {
+		d.log.Info("lease released: no such pod", "container_id", l.Key.ContainerID, "ifname", l.Key.IfName, "ips", l.IPs)
 	}
 	return nil
+}
+
+// finishLocked removes a saved pod's TAP and forgets the pod: an add (by
+// undoing it) or a delete that a crash interrupted, or a pod that lost its
+// lease. If the TAP cannot be removed the pod stays, detached, for a later
+// delete.
+func (d *Daemon) finishLocked(pod Pod, why string) {
+	if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
+		d.log.Error("remove the TAP of a pod to forget ("+why+"); the pod stays detached until deleted", "pod", pod.ID, "err", err)
+		return
+	}
+	d.forgetLocked(pod, why)
 }
 
 func (d *Daemon) forgetLocked(pod Pod, why string) {

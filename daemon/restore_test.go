@@ -1,21 +1,25 @@
 package daemon
 
 import (
+	"fmt"
 	"net/netip"
 	"path/filepath"
-	"slices"
 	"testing"
+	"time"
 
 	"tapswitch/internal/testutil"
+	"tapswitch/ipam"
 	"tapswitch/tap"
 )
+
+var testCIDR = netip.MustParsePrefix("10.252.9.0/28")
 
 // newTestDaemon returns a daemon over stateDir that is not serving, and
 // closes it when the test ends.
 func newTestDaemon(t *testing.T, stateDir string) *Daemon {
 	t.Helper()
 	d, err := New(Options{
-		PodCIDR:  netip.MustParsePrefix("10.252.9.0/29"),
+		PodCIDR:  testCIDR,
 		StateDir: stateDir,
 		Socket:   filepath.Join(t.TempDir(), "sock"),
 	})
@@ -39,6 +43,32 @@ func seed(t *testing.T, stateDir string, pods ...savedPod) {
 	}
 }
 
+// seedLeases writes the address leases a crashed daemon would have left
+// for pods, allocating in their order on the test CIDR, and checks they got
+// the addresses the pods name.
+func seedLeases(t *testing.T, stateDir string, pods ...Pod) {
+	t.Helper()
+	store, err := ipam.OpenBolt(filepath.Join(stateDir, "ipam.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ipam.New(ipam.Config{V4: testCIDR}, store, nil)
+	if err != nil {
+		store.Close()
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for _, p := range pods {
+		l, err := a.Allocate(leaseKey(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(l.IPs) != fmt.Sprint(p.IPs) {
+			t.Fatalf("seeded lease of %s = %v, want %v", p.ID, l.IPs, p.IPs)
+		}
+	}
+}
+
 // leftoverTAP makes the persistent TAP a crashed daemon would leave.
 func leftoverTAP(t *testing.T, pod Pod) {
 	t.Helper()
@@ -57,16 +87,21 @@ func testPod(id, ns, ip string) Pod {
 func TestRestoreFinishesInterruptedWork(t *testing.T) {
 	testutil.RequireRoot(t)
 	nsAdd, nsDel, nsOK, nsGone := testutil.NewNetNS(t), testutil.NewNetNS(t), testutil.NewNetNS(t), testutil.NewNetNS(t)
-	adding := testPod("adding", nsAdd, "10.252.9.2/29")
-	deleting := testPod("deleting", nsDel, "10.252.9.3/29")
-	ready := testPod("ready", nsOK, "10.252.9.4/29")
-	tapGone := testPod("tap-gone", nsGone, "10.252.9.5/29")
-	nsMissing := testPod("ns-gone", "/var/run/netns/tsw-test-never-made", "10.252.9.2/29")
+	adding := testPod("adding", nsAdd, "10.252.9.2/28")
+	deleting := testPod("deleting", nsDel, "10.252.9.3/28")
+	ready := testPod("ready", nsOK, "10.252.9.4/28")
+	tapGone := testPod("tap-gone", nsGone, "10.252.9.5/28")
+	nsMissing := testPod("ns-gone", "/var/run/netns/tsw-test-never-made", "10.252.9.2/28")
 	nsMissing.IPs = nil // its address must not clash; it is forgotten anyway
 	for _, p := range []Pod{adding, deleting, ready} {
 		leftoverTAP(t, p)
 	}
 	state := t.TempDir()
+	seedLeases(t, state, adding, deleting, ready, tapGone)
+	// A lease whose pod never reached the state file: the daemon crashed
+	// between the two writes.
+	orphan := testPod("orphan", nsOK, "10.252.9.6/28")
+	seedLeases(t, state, orphan)
 	seed(t, state,
 		savedPod{Pod: adding, State: podAdding},
 		savedPod{Pod: deleting, State: podDeleting},
@@ -88,19 +123,10 @@ func TestRestoreFinishesInterruptedWork(t *testing.T) {
 	if ok, _ := tap.Exists(ready.NetNS, "eth0"); !ok {
 		t.Errorf("TAP of the ready pod is gone")
 	}
-	// The forgotten pods' addresses are free again: the range hands out
-	// exactly .2, .3 and .5, the ready pod keeping .4.
-	var got []string
-	for range 3 {
-		a, err := d.v4.allocate("probe")
-		if err != nil {
-			t.Fatalf("allocate after restore: %v", err)
-		}
-		got = append(got, a.Addr().String())
-	}
-	slices.Sort(got)
-	if want := "[10.252.9.2 10.252.9.3 10.252.9.5]"; fmtList(got) != want {
-		t.Errorf("free addresses after restore = %v, want %s", got, want)
+	// Only the ready pod keeps a lease: the forgotten pods' and the
+	// orphan's are released.
+	if leases := d.Leases(); len(leases) != 1 || leases[0].Key != leaseKey(ready) || fmt.Sprint(leases[0].IPs) != fmt.Sprint(ready.IPs) {
+		t.Errorf("leases after restore = %+v, want only the ready pod's %v", leases, ready.IPs)
 	}
 	// What is on disk now is only the ready pod.
 	saved, err := d.state.load()
@@ -123,10 +149,30 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 	if ok, err := tap.Exists(ns, "eth0"); ok || err != nil {
 		t.Errorf("after a failed attach eth0 exists=%v err=%v, want removed", ok, err)
 	}
-	if len(d.Pods()) != 0 || len(d.v4.used) != 0 {
-		t.Errorf("after a failed attach: pods %v, addresses in use %v, want none", d.Pods(), d.v4.used)
+	if v4, _ := d.ipam.InUse(); len(d.Pods()) != 0 || v4 != 0 {
+		t.Errorf("after a failed attach: pods %v, %d addresses in use, want none", d.Pods(), v4)
 	}
 	if saved, _ := d.state.load(); len(saved) != 0 {
 		t.Errorf("state after a failed attach = %+v, want empty", saved)
+	}
+}
+
+// TestRestoreRemovesPodWithoutLease checks that a saved pod whose lease is
+// gone is not re-attached with addresses the store may give to another
+// pod: its TAP is removed and it is forgotten.
+func TestRestoreRemovesPodWithoutLease(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	lost := testPod("lost", ns, "10.252.9.2/28")
+	leftoverTAP(t, lost)
+	state := t.TempDir()
+	seed(t, state, savedPod{Pod: lost})
+
+	d := newTestDaemon(t, state)
+	if pods := d.Pods(); len(pods) != 0 {
+		t.Errorf("Pods() = %+v, want none: the pod had no lease", pods)
+	}
+	if ok, err := tap.Exists(ns, "eth0"); ok || err != nil {
+		t.Errorf("TAP of the pod without a lease: exists=%v err=%v, want removed", ok, err)
 	}
 }

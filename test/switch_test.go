@@ -232,7 +232,7 @@ func TestCIDRExhausted(t *testing.T) {
 	ns := testutil.NewNetNS(t)
 	_, err := d.client.AddPod(context.Background(), daemon.PodRequest{ID: "ex-4", NetNS: ns})
 	var ae *daemon.APIError
-	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "10.251.7.0/29 exhausted: 4 of 4") {
+	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "10.251.7.0/29: no free address (4 of 4 in use)") {
 		t.Fatalf("fifth AddPod = %v, want exhausted error naming the cidr", err)
 	}
 	if ok, _ := tap.Exists(ns, "eth0"); ok {

@@ -97,6 +97,24 @@ func join[T fmt.Stringer](l []T) string {
 	return strings.Join(s, ",")
 }
 
+func ipamCmd(fs *flag.FlagSet) runFunc {
+	return func(ctx context.Context, c *daemon.Client, out output) error {
+		leases, err := c.Leases(ctx)
+		if err != nil {
+			return err
+		}
+		if out.json {
+			return out.printJSON(leases)
+		}
+		tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "CONTAINER_ID\tIFNAME\tIPS\tSINCE")
+		for _, l := range leases {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Key.ContainerID, l.Key.IfName, join(l.IPs), l.Since.UTC().Format(time.RFC3339))
+		}
+		return tw.Flush()
+	}
+}
+
 func fdbCmd(fs *flag.FlagSet) runFunc {
 	return func(ctx context.Context, c *daemon.Client, out output) error {
 		fdb, err := c.FDB(ctx)

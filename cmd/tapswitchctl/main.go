@@ -29,6 +29,7 @@ Commands:
   forward del --listen ADDR:PORT [--proto tcp|udp]
                                                  remove a port forward
   forward list                                   list port forwards
+  ipam                                           list address leases
   fdb                                            list learned MAC addresses
   stats                                          per-port counters
 
@@ -70,6 +71,7 @@ var commands = []command{
 	{"forward add", forwardAddCmd},
 	{"forward del", forwardDelCmd},
 	{"forward list", forwardListCmd},
+	{"ipam", ipamCmd},
 	{"fdb", fdbCmd},
 	{"stats", statsCmd},
 }

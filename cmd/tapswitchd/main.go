@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"tapswitch/daemon"
+	"tapswitch/ipam"
 	vswitch "tapswitch/switch"
 )
 
@@ -34,6 +35,7 @@ func run(args []string) error {
 	var (
 		podCIDR   = fs.String("pod-cidr", daemon.DefaultPodCIDR, "IPv4 `cidr` of the pods: first address is the gateway, last usable the host port")
 		podCIDR6  = fs.String("pod-cidr6", "", "optional IPv6 `cidr` of the pods, for dual stack")
+		reserve   = fs.String("reserve", "", "pod `addresses` never given to pods, comma-separated: 10.244.0.10, 10.244.0.16/28, 10.244.0.20-10.244.0.29")
 		stateDir  = fs.String("state-dir", daemon.DefaultStateDir, "`dir`ectory of the daemon's state")
 		socket    = fs.String("socket", daemon.DefaultSocket, "`path` of the API's unix socket")
 		mtu       = fs.Int("mtu", daemon.DefaultMTU, "MTU of the pod interfaces")
@@ -83,6 +85,9 @@ func run(args []string) error {
 		if opts.PodCIDR6, err = netip.ParsePrefix(*podCIDR6); err != nil {
 			return fmt.Errorf("--pod-cidr6: %w", err)
 		}
+	}
+	if opts.Reserve, err = ipam.ParseReserve(*reserve); err != nil {
+		return fmt.Errorf("--reserve: %w", err)
 	}
 	if *hostPort != "none" {
 		opts.HostPort = *hostPort
