@@ -139,6 +139,9 @@ ctl forward list
 curl -sS http://127.0.0.1:18080/hello
 ctl forward del --listen 127.0.0.1:18080
 
+step "address leases (crash-safe, in $tmp/state/ipam.db)"
+ctl ipam
+
 step "forwarding database"
 ctl fdb
 step "counters"
