@@ -3,11 +3,15 @@ package ipam
 import (
 	"encoding/binary"
 	"math"
+	"math/bits"
 	"net/netip"
 )
 
-// u128 is an address as a 128-bit number. IPv6 ranges are far larger than
-// a uint64 can count, so sizes are computed here and then capped.
+// u128 is an address, or a number of addresses, as a 128-bit number.
+// IPv6 ranges are far larger than a uint64 can count, so range sizes are
+// computed here and capped only at the end: capping each term first would
+// subtract a capped reserve from a capped range (2^64-1 - 2^64-1 = 0 for
+// a /56 with a /64 reserved).
 type u128 struct{ hi, lo uint64 }
 
 func toU128(a netip.Addr) u128 {
@@ -15,23 +19,31 @@ func toU128(a netip.Addr) u128 {
 	return u128{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
 }
 
-func (x u128) sub(y u128) u128 {
-	lo := x.lo - y.lo
-	borrow := uint64(0)
-	if x.lo < y.lo {
-		borrow = 1
-	}
-	return u128{hi: x.hi - y.hi - borrow, lo: lo}
+func (x u128) add(y u128) u128 {
+	lo, carry := bits.Add64(x.lo, y.lo, 0)
+	hi, _ := bits.Add64(x.hi, y.hi, carry)
+	return u128{hi: hi, lo: lo}
 }
 
-// count returns how many addresses lie in [first, last], capped at
-// math.MaxUint64. first must not be after last, and both of one family.
-func count(first, last netip.Addr) uint64 {
-	d := toU128(last).sub(toU128(first))
-	if d.hi != 0 || d.lo == math.MaxUint64 {
+func (x u128) sub(y u128) u128 {
+	lo, borrow := bits.Sub64(x.lo, y.lo, 0)
+	hi, _ := bits.Sub64(x.hi, y.hi, borrow)
+	return u128{hi: hi, lo: lo}
+}
+
+// capped returns x, or math.MaxUint64 if x does not fit a uint64.
+func (x u128) capped() uint64 {
+	if x.hi != 0 {
 		return math.MaxUint64
 	}
-	return d.lo + 1
+	return x.lo
+}
+
+// count returns how many addresses lie in [first, last]. first must not be
+// after last, both of one family, and the range not all of IPv6 (2^128
+// does not fit): pod ranges never include the network address.
+func count(first, last netip.Addr) u128 {
+	return toU128(last).sub(toU128(first)).add(u128{lo: 1})
 }
 
 // lastAddr returns the highest address of p (the IPv4 broadcast address).

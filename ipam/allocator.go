@@ -18,6 +18,12 @@ var ErrExhausted = errors.New("no free address")
 // ErrClosed is returned by the Allocator's changing methods after Close.
 var ErrClosed = errors.New("ipam: allocator is closed")
 
+// ErrBroken is wrapped by the changing methods' errors after a commit
+// failed and reloading the store failed too: memory may no longer match
+// the store, so the Allocator refuses changes until the daemon restarts
+// and loads the store afresh. Get and List still answer.
+var ErrBroken = errors.New("allocator needs a restart")
+
 // Allocator hands out pod addresses from one IPv4 CIDR and optionally one
 // IPv6 CIDR, and keeps every lease in its Store. It is safe for concurrent
 // use.
@@ -28,16 +34,18 @@ type Allocator struct {
 	v4    *family // never nil
 	v6    *family // nil: IPv4 only
 
-	// mu guards leases, stamped, closed and the families' used sets and
-	// cursors. It is held across store commits, against the house rule of
-	// no I/O under a lock, on purpose: memory must change exactly when the
-	// store does, and bbolt runs one writer at a time anyway, so releasing
-	// it would buy no parallelism. Readers (Get, List) wait at most one
-	// commit (two fdatasyncs).
+	// mu guards leases, stamped, closed, broken and the families' used
+	// sets and cursors. It is held across store commits, against the
+	// house rule of no I/O under a lock, on purpose: memory must change
+	// exactly when the store does, and bbolt runs one writer at a time
+	// anyway, so releasing it would buy no parallelism. Readers (Get,
+	// List) wait at most one commit (two fdatasyncs), or one commit and a
+	// reload after it failed.
 	mu      sync.Mutex
 	leases  map[Key]Lease
 	stamped bool // the store holds the stamp
 	closed  bool
+	broken  error // non-nil: memory may differ from the store; wraps ErrBroken
 }
 
 // New loads store and checks it against cfg. A store stamped with other
@@ -68,11 +76,7 @@ func New(cfg Config, store Store, log *slog.Logger) (*Allocator, error) {
 	if cfg.V6.IsValid() {
 		a.v6 = newFamily(cfg.V6, cfg.Reserve)
 	}
-	st, err := store.Load()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.restore(st); err != nil {
+	if err := a.load(); err != nil {
 		return nil, err
 	}
 	for _, l := range a.ReservedLeases() {
@@ -111,8 +115,8 @@ func (a *Allocator) Allocate(key Key) (Lease, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.closed {
-		return Lease{}, ErrClosed
+	if err := a.usable(); err != nil {
+		return Lease{}, err
 	}
 	if l, ok := a.leases[key]; ok {
 		return l.clone(), nil
@@ -149,8 +153,8 @@ func (a *Allocator) Release(key Key) (Lease, bool, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.closed {
-		return Lease{}, false, ErrClosed
+	if err := a.usable(); err != nil {
+		return Lease{}, false, err
 	}
 	l, ok := a.leases[key]
 	if !ok {
@@ -173,8 +177,8 @@ func (a *Allocator) GC(live []Key) ([]Lease, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.closed {
-		return nil, ErrClosed
+	if err := a.usable(); err != nil {
+		return nil, err
 	}
 	var gone []Lease
 	var keys []Key
@@ -255,8 +259,8 @@ func (a *Allocator) Size() (v4, v6 uint64) {
 }
 
 // Close closes the store (releasing Bolt's file lock). Later Allocate,
-// Release and GC calls return ErrClosed; Get and List still answer from
-// memory. Close is safe to call twice.
+// Adopt, Release and GC calls return ErrClosed; Get and List still answer
+// from memory. Close is safe to call twice.
 func (a *Allocator) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -267,15 +271,61 @@ func (a *Allocator) Close() error {
 	return a.store.Close()
 }
 
+// usable returns why the changing methods must not run, or nil.
+func (a *Allocator) usable() error {
+	if a.closed {
+		return ErrClosed
+	}
+	return a.broken
+}
+
 // commit writes c, adding the stamp to a new store's first commit.
+//
+// After a failed commit, c may be in the store all the same: bbolt writes
+// its meta page into the file before the sync that fails, rolls back and
+// returns the error, but later transactions read the newer meta page. So
+// memory is reloaded from the store, whatever it holds now; the caller
+// returns the error and changes nothing itself. A lease committed that
+// way is held until released, like one whose ADD failed later. If the
+// reload fails too, the Allocator refuses changes (ErrBroken).
 func (a *Allocator) commit(c Change) error {
 	if !a.stamped {
 		c.Stamp = a.stamp()
 	}
-	if err := a.store.Commit(c); err != nil {
+	err := a.store.Commit(c)
+	if err == nil {
+		a.stamped = true
+		return nil
+	}
+	if rerr := a.load(); rerr != nil {
+		a.broken = fmt.Errorf("ipam: %w: reloading store %s after a failed commit: %w", ErrBroken, a.name, rerr)
+		a.log.Error("ipam memory may differ from the store; restart to reload it", "store", a.name, "commit_error", err, "reload_error", rerr)
+		return errors.Join(err, a.broken)
+	}
+	a.log.Warn("commit failed; reloaded the store", "store", a.name, "error", err)
+	return err
+}
+
+// load replaces the in-memory state (leases, used sets, cursors, stamped)
+// with the store's content, checked as restore checks it. On error memory
+// is unchanged.
+func (a *Allocator) load() error {
+	st, err := a.store.Load()
+	if err != nil {
 		return err
 	}
-	a.stamped = true
+	fresh := &Allocator{name: a.name, v4: a.v4.blank(), leases: make(map[Key]Lease)}
+	if a.v6 != nil {
+		fresh.v6 = a.v6.blank()
+	}
+	if err := fresh.restore(st); err != nil {
+		return err
+	}
+	a.leases, a.stamped = fresh.leases, fresh.stamped
+	a.v4.setState(fresh.v4)
+	if a.v6 != nil {
+		a.v6.setState(fresh.v6)
+	}
 	return nil
 }
 

@@ -5,7 +5,9 @@ import (
 	"math"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestAllocator(t *testing.T) {
@@ -24,8 +26,12 @@ func TestAllocator(t *testing.T) {
 		{"gc", testGC},
 		{"invalid key", testInvalidKey},
 		{"failed commit", testFailedCommit},
+		{"failed commit applied", testFailedCommitApplied},
+		{"failed commit and reload", testFailedReload},
 		{"reserve added later", testReserveAddedLater},
 		{"closed", testClosed},
+		{"adopt", testAdopt},
+		{"adopt into a new store", testAdoptNewStore},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { forEachStore(t, tt.run) })
@@ -305,6 +311,97 @@ func testFailedCommit(t *testing.T, open func() Store) {
 	}
 }
 
+// testFailedCommitApplied fails commits that the store applied all the
+// same: memory must follow the store, so an address is not handed out
+// twice and the store opens again.
+func testFailedCommitApplied(t *testing.T, open func() Store) {
+	cfg := Config{V4: pfx("10.0.0.0/24"), V6: pfx("fd00::/120")}
+	s := &lateFailStore{Store: open()}
+	a, err := New(cfg, s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAllocate(t, a, key(0)) // .2
+
+	s.failCommit = true
+	if _, err := a.Allocate(key(1)); !errors.Is(err, errSyncFailed) {
+		t.Fatalf("Allocate with a failing sync = %v, want its error", err)
+	}
+	s.failCommit = false
+	want, _ := storedLease(t, s, key(1))
+	if got, ok := a.Get(key(1)); !ok || !leasesEqual([]Lease{got}, []Lease{want}) {
+		t.Errorf("Get(%s) after the failed commit = %v, %v; want the stored %v", key(1), got, ok, want)
+	}
+	// The cursor moved with the stored lease: .3 is not handed out again.
+	if l := mustAllocate(t, a, key(2)); ips(l) != "10.0.0.4,fd00::4" {
+		t.Errorf("Allocate(%s) = %s, want 10.0.0.4,fd00::4 (after the stored lease's 10.0.0.3)", key(2), ips(l))
+	}
+
+	s.failCommit = true
+	if _, _, err := a.Release(key(0)); !errors.Is(err, errSyncFailed) {
+		t.Fatalf("Release with a failing sync = %v, want its error", err)
+	}
+	if _, err := a.GC([]Key{key(0), key(1)}); !errors.Is(err, errSyncFailed) { // releases key 2
+		t.Fatalf("GC with a failing sync = %v, want its error", err)
+	}
+	s.failCommit = false
+	for _, k := range []Key{key(0), key(2)} {
+		if l, ok := a.Get(k); ok {
+			t.Errorf("Get(%s) = %v after its release was stored, want none", k, l)
+		}
+	}
+	if v4, v6 := a.InUse(); v4 != 1 || v6 != 1 {
+		t.Errorf("InUse() = %d, %d; want 1, 1", v4, v6)
+	}
+	before := a.List()
+	a.Close()
+	a = newAllocator(t, cfg, open()) // refuses an address leased twice
+	if after := a.List(); !leasesEqual(before, after) {
+		t.Fatalf("after reopen List() = %v, want %v", after, before)
+	}
+}
+
+// testFailedReload fails a commit and the reload after it: the allocator
+// refuses changes until restarted, and still answers reads.
+func testFailedReload(t *testing.T, open func() Store) {
+	cfg := Config{V4: pfx("10.0.0.0/24")}
+	s := &lateFailStore{Store: open()}
+	a, err := New(cfg, s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAllocate(t, a, key(0))
+	s.failCommit, s.failLoad = true, true
+	if _, err := a.Allocate(key(1)); !errors.Is(err, errSyncFailed) || !errors.Is(err, ErrBroken) {
+		t.Fatalf("Allocate with failing sync and reload = %v, want both errors", err)
+	}
+	s.failCommit, s.failLoad = false, false
+	if _, err := a.Allocate(key(2)); !errors.Is(err, ErrBroken) {
+		t.Errorf("Allocate after a failed reload = %v, want ErrBroken", err)
+	}
+	if _, err := a.Allocate(key(0)); !errors.Is(err, ErrBroken) {
+		t.Errorf("Allocate(held key) after a failed reload = %v, want ErrBroken", err)
+	}
+	if _, _, err := a.Release(key(0)); !errors.Is(err, ErrBroken) {
+		t.Errorf("Release after a failed reload = %v, want ErrBroken", err)
+	}
+	if _, err := a.GC(nil); !errors.Is(err, ErrBroken) {
+		t.Errorf("GC after a failed reload = %v, want ErrBroken", err)
+	}
+	if _, err := a.Adopt(key(3), []netip.Prefix{pfx("10.0.0.9/24")}); !errors.Is(err, ErrBroken) {
+		t.Errorf("Adopt after a failed reload = %v, want ErrBroken", err)
+	}
+	if _, ok := a.Get(key(0)); !ok || len(a.List()) != 1 {
+		t.Errorf("Get and List after a failed reload lost the lease of %s", key(0))
+	}
+	a.Close()
+	a = newAllocator(t, cfg, open()) // a restart loads what the store holds
+	if _, ok := a.Get(key(1)); !ok {
+		t.Errorf("after restart: no lease for %s, whose failed commit was applied", key(1))
+	}
+	mustAllocate(t, a, key(2))
+}
+
 // testReserveAddedLater restarts with a reserve range over a lease: the
 // lease is kept and reported, its address not handed out again.
 func testReserveAddedLater(t *testing.T, open func() Store) {
@@ -358,5 +455,175 @@ func testClosed(t *testing.T, open func() Store) {
 	}
 	if _, ok := a.Get(key(1)); !ok {
 		t.Errorf("Get after Close found nothing, want the lease from memory")
+	}
+}
+
+// TestIPv6BeyondSlash64 checks ranges of more than 2^64 addresses with
+// reserves of 2^64: sizes are computed in 128 bits and capped only at the
+// end, and a capped size is never exhausted. Sizes do not depend on the
+// store: Mem only.
+func TestIPv6BeyondSlash64(t *testing.T) {
+	tests := []struct {
+		v6, reserve string
+		size        uint64
+		want        []string // IPv6 addresses of the leases, in order
+		exhausted   bool     // the next Allocate fails
+	}{
+		// Capping each term first gave 2^64-1 - (2^64-1) = 0: exhausted at once.
+		{"fd00::/56", "fd00:0:0:1::/64", math.MaxUint64, []string{"fd00::2", "fd00::3"}, false},
+		// ... and 2^64-1 - (2^64-2) = 1: exhausted after one lease.
+		{"fd00::/48", "fd00::/64", math.MaxUint64, []string{"fd00:0:0:1::", "fd00:0:0:1::1", "fd00:0:0:1::2"}, false},
+		// Exact below the cap: all but 3 of the 2^72-3 pod addresses reserved.
+		{"fd00::/56", "fd00::2-fd00:0:0:ff:ffff:ffff:ffff:fffb", 3,
+			[]string{"fd00:0:0:ff:ffff:ffff:ffff:fffc", "fd00:0:0:ff:ffff:ffff:ffff:fffd", "fd00:0:0:ff:ffff:ffff:ffff:fffe"}, true},
+	}
+	for _, tt := range tests {
+		name := tt.v6 + " reserving " + tt.reserve
+		rs, err := ParseReserve(tt.reserve)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := newAllocator(t, Config{V4: pfx("10.0.0.0/16"), V6: pfx(tt.v6), Reserve: rs}, NewMem())
+		if _, v6 := a.Size(); v6 != tt.size {
+			t.Errorf("%s: Size() v6 = %d, want %d", name, v6, tt.size)
+		}
+		for i, want := range tt.want {
+			l, err := a.Allocate(key(i))
+			if err != nil {
+				t.Errorf("%s: Allocate #%d: %v", name, i+1, err)
+				break
+			}
+			if got := l.IPs[1].Addr(); got != addr(want) {
+				t.Errorf("%s: Allocate #%d = %s, want %s", name, i+1, got, want)
+			}
+		}
+		if _, err := a.Allocate(key(len(tt.want))); errors.Is(err, ErrExhausted) != tt.exhausted {
+			t.Errorf("%s: Allocate #%d = %v, want exhausted %v", name, len(tt.want)+1, err, tt.exhausted)
+		}
+	}
+}
+
+// testAdopt adopts addresses in a dual-stack allocator holding one lease:
+// the checks, idempotency, no commit on error, cursors unmoved, and the
+// adopted lease surviving a restart.
+func testAdopt(t *testing.T, open func() Store) {
+	cfg := Config{
+		V4:      pfx("10.0.0.0/24"), // .0 network, .1 gateway, .254 host, .255 broadcast
+		V6:      pfx("fd00::/120"),  // ::1 gateway, ::ff host
+		Reserve: []Range{{addr("10.0.0.50"), addr("10.0.0.50")}, {addr("fd00::50"), addr("fd00::50")}},
+	}
+	cs := &countingStore{Store: open()}
+	a, err := New(cfg, cs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAllocate(t, a, key(0)) // 10.0.0.2, fd00::2
+
+	ok4, ok6 := pfx("10.0.0.100/24"), pfx("fd00::a0/120")
+	tests := []struct {
+		name string
+		key  Key
+		ips  []netip.Prefix
+		want string // error text; "" for success
+	}{
+		{"adopted", key(1), []netip.Prefix{ok4, ok6}, ""},
+		{"again", key(1), []netip.Prefix{ok4, ok6}, ""},
+		{"key holds others", key(1), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::a1/120")},
+			"ipam: adopt c00001/eth0: it holds [10.0.0.100/24 fd00::a0/120], not [10.0.0.101/24 fd00::a1/120]"},
+		{"invalid key", Key{"", "eth0"}, []netip.Prefix{ok4, ok6}, "ipam: adopt /eth0: key has an empty container id"},
+		{"ipv4 only", key(2), []netip.Prefix{pfx("10.0.0.101/24")}, "ipam: adopt c00002/eth0: 1 addresses, want 2 (one IPv4, then one IPv6)"},
+		{"three", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::a1/120"), pfx("fd00::a2/120")}, "3 addresses, want 2"},
+		{"ipv6 first", key(2), []netip.Prefix{pfx("fd00::a1/120"), pfx("10.0.0.101/24")}, "address fd00::a1/120 is not in 10.0.0.0/24"},
+		{"invalid", key(2), []netip.Prefix{{}, pfx("fd00::a1/120")}, "invalid address invalid Prefix, want one in 10.0.0.0/24"},
+		{"outside", key(2), []netip.Prefix{pfx("10.1.0.101/24"), pfx("fd00::a1/120")}, "address 10.1.0.101/24 is not in 10.0.0.0/24"},
+		{"outside v6", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::1:a1/120")}, "address fd00::1:a1/120 is not in fd00::/120"},
+		{"prefix length", key(2), []netip.Prefix{pfx("10.0.0.101/16"), pfx("fd00::a1/120")}, "address 10.0.0.101/16 does not have the prefix length of 10.0.0.0/24"},
+		{"prefix length v6", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::a1/64")}, "does not have the prefix length of fd00::/120"},
+		{"network", key(2), []netip.Prefix{pfx("10.0.0.0/24"), pfx("fd00::a1/120")}, "address 10.0.0.0 is the network address of 10.0.0.0/24, not a pod address"},
+		{"gateway", key(2), []netip.Prefix{pfx("10.0.0.1/24"), pfx("fd00::a1/120")}, "address 10.0.0.1 is the gateway address of 10.0.0.0/24"},
+		{"host port", key(2), []netip.Prefix{pfx("10.0.0.254/24"), pfx("fd00::a1/120")}, "address 10.0.0.254 is the host port's address of 10.0.0.0/24"},
+		{"broadcast", key(2), []netip.Prefix{pfx("10.0.0.255/24"), pfx("fd00::a1/120")}, "address 10.0.0.255 is the broadcast address of 10.0.0.0/24"},
+		{"network v6", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::/120")}, "address fd00:: is the network address of fd00::/120"},
+		{"gateway v6", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::1/120")}, "address fd00::1 is the gateway address of fd00::/120"},
+		{"host port v6", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::ff/120")}, "address fd00::ff is the host port's address of fd00::/120"},
+		{"reserved", key(2), []netip.Prefix{pfx("10.0.0.50/24"), pfx("fd00::a1/120")}, "ipam: adopt c00002/eth0: address 10.0.0.50 is reserved (10.0.0.50)"},
+		{"reserved v6", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::50/120")}, "address fd00::50 is reserved (fd00::50)"},
+		{"leased", key(2), []netip.Prefix{pfx("10.0.0.2/24"), pfx("fd00::a1/120")}, "ipam: adopt c00002/eth0: address 10.0.0.2 is leased to c00000/eth0"},
+		{"leased v6", key(2), []netip.Prefix{pfx("10.0.0.101/24"), pfx("fd00::a0/120")}, "address fd00::a0 is leased to c00001/eth0"},
+	}
+	var first Lease
+	for _, tt := range tests {
+		before := cs.commits
+		l, err := a.Adopt(tt.key, tt.ips)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: Adopt(%s, %v) = %v, want success", tt.name, tt.key, tt.ips, err)
+		case tt.want == "" && !slices.Equal(l.IPs, tt.ips):
+			t.Errorf("%s: Adopt(%s, %v) = %v, want these addresses", tt.name, tt.key, tt.ips, l.IPs)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: Adopt(%s, %v) = %v, want an error containing %q", tt.name, tt.key, tt.ips, err, tt.want)
+		case tt.want != "" && cs.commits != before:
+			t.Errorf("%s: failed Adopt committed", tt.name)
+		}
+		if tt.name == "adopted" {
+			first = l
+			if cs.commits != before+1 {
+				t.Errorf("Adopt made %d commits, want 1", cs.commits-before)
+			}
+			if d := time.Since(l.Since); d < 0 || d > time.Minute || l.Since.Location() != time.UTC {
+				t.Errorf("Adopt's Since = %v, want now in UTC", l.Since)
+			}
+		}
+		if tt.name == "again" && (cs.commits != before || !l.Since.Equal(first.Since)) {
+			t.Errorf("Adopt again: %d commits and Since %v; want none and the first lease's %v", cs.commits-before, l.Since, first.Since)
+		}
+	}
+	if v4, v6 := a.InUse(); v4 != 2 || v6 != 2 {
+		t.Errorf("InUse() = %d, %d; want 2, 2", v4, v6)
+	}
+	// The cursors did not move to the adopted addresses.
+	if l := mustAllocate(t, a, key(3)); ips(l) != "10.0.0.3,fd00::3" {
+		t.Errorf("Allocate after Adopt = %s, want 10.0.0.3,fd00::3", ips(l))
+	}
+	// An adopted address is skipped as used.
+	if _, err := a.Adopt(key(4), []netip.Prefix{pfx("10.0.0.4/24"), pfx("fd00::4/120")}); err != nil {
+		t.Fatal(err)
+	}
+	if l := mustAllocate(t, a, key(5)); ips(l) != "10.0.0.5,fd00::5" {
+		t.Errorf("Allocate after adopting .4 = %s, want 10.0.0.5,fd00::5", ips(l))
+	}
+	before := a.List()
+	a.Close()
+	a = newAllocator(t, cfg, open())
+	if after := a.List(); !leasesEqual(before, after) {
+		t.Fatalf("after reopen List() = %v, want %v", after, before)
+	}
+}
+
+// testAdoptNewStore adopts into a store never committed to: the commit
+// stamps it, as Allocate's does, so it opens again with its lease.
+func testAdoptNewStore(t *testing.T, open func() Store) {
+	cfg := Config{V4: pfx("10.0.0.0/24")}
+	a, err := New(cfg, open(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Adopt(key(1), []netip.Prefix{pfx("10.0.0.7/24"), pfx("fd00::7/64")}); err == nil ||
+		!strings.Contains(err.Error(), "2 addresses, want 1 (one IPv4)") {
+		t.Errorf("Adopt of two addresses in an IPv4 store = %v, want refused", err)
+	}
+	if _, err := a.Adopt(key(1), []netip.Prefix{pfx("10.0.0.7/24")}); err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	a.Close()
+	a = newAllocator(t, cfg, open())
+	if l, ok := a.Get(key(1)); !ok || ips(l) != "10.0.0.7" {
+		t.Fatalf("after reopen Get(%s) = %v, %v; want 10.0.0.7", key(1), l, ok)
+	}
+	a.Close()
+	s := open()
+	defer s.Close()
+	if _, err := New(Config{V4: pfx("10.1.0.0/24")}, s, nil); err == nil || !strings.Contains(err.Error(), "refusing to re-number pods") {
+		t.Errorf("New with another CIDR = %v, want refused: the store is stamped", err)
 	}
 }

@@ -31,6 +31,8 @@ var _ Store = (*Bolt)(nil)
 // It waits up to timeout for the file lock; timeout <= 0 means try once
 // (bbolt itself would wait forever). A store that is locked, empty,
 // corrupt or unreadable is an error naming the file: it is never reset.
+// The page tree is checked before any bbolt cursor runs on it
+// (checkPages), so a damaged page cannot make bbolt loop.
 func OpenBolt(path string, timeout time.Duration) (*Bolt, error) {
 	if err := ensureStoreFile(path); err != nil {
 		return nil, err
@@ -44,11 +46,16 @@ func OpenBolt(path string, timeout time.Duration) (*Bolt, error) {
 		db, err = bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
 		return err
 	})
+	if err == nil {
+		if err = guard(func() error { return checkPages(db, path) }); err != nil {
+			db.Close()
+		}
+	}
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("ipam: store %s is %w (is another tapswitchd running?)", path, ErrLocked)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
-		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, errCorrupt):
+		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, errCorrupt), errors.Is(err, errPageTree):
 		return nil, fmt.Errorf("ipam: store %s is corrupt: %w (not starting with an empty store, which could hand running pods' addresses out again: repair it or move it away)", path, err)
 	case err != nil:
 		return nil, fmt.Errorf("ipam: open store %s: %w", path, err)

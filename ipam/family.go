@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 )
@@ -13,7 +14,7 @@ type family struct {
 	prefix      netip.Prefix
 	first, last netip.Addr // pod addresses, inclusive: after the gateway, before the host port
 	reserve     []Range    // Config.Reserve clipped to [first, last], sorted, merged
-	size        uint64     // pod addresses outside reserve, capped at MaxUint64
+	size        uint64     // pod addresses outside reserve, capped at MaxUint64 (then never exhausted)
 
 	// Guarded by the Allocator's mu.
 	used      map[netip.Addr]Key // every lease's address
@@ -38,13 +39,24 @@ func newFamily(p netip.Prefix, reserve []Range) *family {
 		rs = append(rs, Range{First: maxAddr(r.First, f.first), Last: minAddr(r.Last, f.last)})
 	}
 	f.reserve = mergeRanges(rs)
-	f.size = count(f.first, f.last)
+	// In 128 bits, capped only at the end: the merged reserve ranges lie
+	// inside [first, last] without overlap, so the difference is exact.
+	size := count(f.first, f.last)
 	for _, r := range f.reserve {
-		// Exact unless the range is past 2^64 addresses, where the cap
-		// already makes the size approximate.
-		f.size -= min(count(r.First, r.Last), f.size)
+		size = size.sub(count(r.First, r.Last))
 	}
+	f.size = size.capped()
 	return f
+}
+
+// blank returns a family with f's layout and nothing in use.
+func (f *family) blank() *family {
+	return &family{prefix: f.prefix, first: f.first, last: f.last, reserve: f.reserve, size: f.size, used: make(map[netip.Addr]Key)}
+}
+
+// setState takes g's leases and cursor; g has f's layout.
+func (f *family) setState(g *family) {
+	f.used, f.inReserve, f.cursor = g.used, g.inReserve, g.cursor
 }
 
 func maxAddr(a, b netip.Addr) netip.Addr {
@@ -113,7 +125,9 @@ func (f *family) after(a netip.Addr) netip.Addr {
 // len(used) + len(reserve) + 1 skips.
 func (f *family) pick() (netip.Addr, error) {
 	inUse := f.podsInUse()
-	if inUse >= f.size {
+	// A capped size stands for 2^64 or more addresses, more than a map
+	// can hold leases: never exhausted.
+	if f.size < math.MaxUint64 && inUse >= f.size {
 		return netip.Addr{}, fmt.Errorf("ipam: %s: %w (%d of %d in use)", f.prefix, ErrExhausted, inUse, f.size)
 	}
 	a := f.first

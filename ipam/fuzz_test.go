@@ -17,6 +17,9 @@ func FuzzParseReserve(f *testing.F) {
 		"", " ", "10.244.0.10", "10.244.0.16/28", "10.244.0.20-10.244.0.29",
 		" 10.244.0.10 , fd00::1-fd00::ff,fd00::/120", "10.244.0.17/28", "1.2.3.4-", "-",
 		",", "::ffff:1.2.3.4", "fe80::1%eth0", "10.0.0.0/0", "::/0", "1.2.3.4/33",
+		// 2^64 reserved in a range of 2^128: sizes capped before
+		// subtracting left 0 and 1 free addresses.
+		"0:0:0:1::/64", "::/64", "::2-ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc",
 	} {
 		f.Add(s)
 	}
@@ -47,9 +50,18 @@ func FuzzParseReserve(f *testing.F) {
 		if err != nil {
 			t.Fatalf("New with reserve %q: %v", s, err)
 		}
-		for i := range 3 {
+		const n = 3
+		// Exhaustion is right only when the reserve leaves fewer than n
+		// addresses in a family, counted here without the allocator's
+		// sizes.
+		free := min(freeAddrs(rs, addr("0.0.0.2"), addr("255.255.255.253"), n),
+			freeAddrs(rs, addr("::2"), addr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"), n))
+		for i := range n {
 			l, err := a.Allocate(key(i))
-			if errors.Is(err, ErrExhausted) {
+			if exhausted := errors.Is(err, ErrExhausted); exhausted != (i >= free) {
+				t.Fatalf("Allocate #%d with reserve %q = %v, but %d addresses are free in the emptier family", i+1, s, err, free)
+			}
+			if err != nil && i >= free {
 				break // everything reserved
 			}
 			if err != nil {
@@ -64,6 +76,28 @@ func FuzzParseReserve(f *testing.F) {
 			}
 		}
 	})
+}
+
+// freeAddrs counts the addresses in [first, last] outside every range of
+// rs, up to limit. It steps address by address, jumping over ranges, so
+// it does not share the allocator's size arithmetic.
+func freeAddrs(rs []Range, first, last netip.Addr, limit int) int {
+	n := 0
+	for a := first; n < limit && a.IsValid() && !last.Less(a); {
+		end, reserved := netip.Addr{}, false
+		for _, r := range rs {
+			if r.Contains(a) && (!reserved || end.Less(r.Last)) {
+				end, reserved = r.Last, true
+			}
+		}
+		if reserved {
+			a = end.Next() // invalid past the last address: done
+			continue
+		}
+		n++
+		a = a.Next()
+	}
+	return n
 }
 
 // FuzzDecode feeds arbitrary bytes to every record decoder: they return

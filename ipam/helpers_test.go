@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -99,4 +100,48 @@ func (c *countingStore) Commit(ch Change) error {
 	}
 	c.commits++
 	return c.Store.Commit(ch)
+}
+
+// errSyncFailed is lateFailStore's commit error.
+var errSyncFailed = errors.New("fdatasync: input/output error")
+
+// lateFailStore applies a commit and then reports it failed, as bbolt does
+// when the sync after its meta page write fails: the transaction is
+// rolled back, but later transactions read the meta page it wrote.
+type lateFailStore struct {
+	Store
+	failCommit bool // apply, then return errSyncFailed
+	failLoad   bool // Load fails
+}
+
+func (s *lateFailStore) Commit(c Change) error {
+	if err := s.Store.Commit(c); err != nil {
+		return err
+	}
+	if s.failCommit {
+		return errSyncFailed
+	}
+	return nil
+}
+
+func (s *lateFailStore) Load() (*State, error) {
+	if s.failLoad {
+		return nil, errors.New("ipam: store (test): read: input/output error")
+	}
+	return s.Store.Load()
+}
+
+// storedLease returns key's lease as s holds it.
+func storedLease(t *testing.T, s Store, k Key) (Lease, bool) {
+	t.Helper()
+	st, err := s.Load()
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	for _, l := range st.Leases {
+		if l.Key == k {
+			return l, true
+		}
+	}
+	return Lease{}, false
 }

@@ -16,7 +16,9 @@ type Store interface {
 	Load() (*State, error)
 	// Commit applies one change atomically and durably (one bbolt
 	// transaction): the stamp if new, put/delete leases, cursors. After an
-	// error nothing of c is applied.
+	// error c may be applied whole or not at all: bbolt reports a failed
+	// sync after writing its meta page, which later reads see. The
+	// Allocator reloads after an error.
 	Commit(c Change) error
 	Close() error
 }
