@@ -79,12 +79,19 @@ func (d *Daemon) hostAddrs() []netip.Addr {
 // Leases lists the address leases (GET /v1/ipam).
 func (d *Daemon) Leases() []ipam.Lease { return d.ipam.List() }
 
-// checkLease reports whether pod's saved addresses are what the store
-// leases it; a restart re-attaches only such pods.
-func (d *Daemon) checkLease(pod Pod) error {
+// ensureLease makes sure the store leases pod its saved addresses, so a
+// restart re-attaches it with them. A pod the store has no lease for —
+// the first start with a store, a store moved away, a store that fell back
+// one commit — has its addresses adopted, unless they are another pod's
+// or no longer in the CIDRs.
+func (d *Daemon) ensureLease(pod Pod) error {
 	l, ok := d.ipam.Get(leaseKey(pod))
 	if !ok {
-		return fmt.Errorf("no address lease for pod %s/%s", pod.ID, pod.IfName)
+		if _, err := d.ipam.Adopt(leaseKey(pod), pod.IPs); err != nil {
+			return err
+		}
+		d.log.Warn("pod had no address lease; its addresses were adopted", "pod", pod.ID, "ips", pod.IPs)
+		return nil
 	}
 	if fmt.Sprint(l.IPs) != fmt.Sprint(pod.IPs) {
 		return fmt.Errorf("pod %s has addresses %v but its lease has %v", pod.ID, pod.IPs, l.IPs)

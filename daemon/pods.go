@@ -101,6 +101,11 @@ func (d *Daemon) reserve(pod *Pod) error {
 		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, pod.ID)
 	}
 	lease, err := d.ipam.Allocate(leaseKey(*pod))
+	if errors.Is(err, ErrExhausted) && d.releaseOrphanLeasesLocked() == nil {
+		// Leases whose release failed earlier are freed now, not only at
+		// the next start.
+		lease, err = d.ipam.Allocate(leaseKey(*pod))
+	}
 	if err != nil {
 		return err
 	}
@@ -294,9 +299,9 @@ func (d *Daemon) saveLocked() error {
 // restore re-attaches the pods of the state file: their TAPs persisted
 // while the daemon was down. An add or delete a crash cut short is undone
 // or finished; a pod whose netns or TAP is gone is forgotten and its
-// addresses released. The address store is reconciled with what remains:
-// a pod without its lease is removed (its addresses may be someone
-// else's), a lease without a pod is released.
+// addresses released. The address store is reconciled with the saved
+// pods: a lease without a pod is released, a pod without its lease has
+// its addresses adopted (or is removed if another pod holds them).
 func (d *Daemon) restore() error {
 	saved, err := d.state.read()
 	if err != nil {
@@ -305,36 +310,42 @@ func (d *Daemon) restore() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, sp := range saved.Pods {
-		pod := sp.Pod
-		if _, dup := d.pods[pod.ID]; dup {
-			return fmt.Errorf("state file %s: pod %s is listed twice", d.state.path, pod.ID)
+		if _, dup := d.pods[sp.ID]; dup {
+			return fmt.Errorf("state file %s: pod %s is listed twice", d.state.path, sp.ID)
 		}
+		pod := sp.Pod
 		pod.PortID = 0
 		d.pods[pod.ID] = &podEntry{Pod: pod, state: podReady}
+	}
+	// Leases of attachments the state file does not name go first: the
+	// daemon crashed after writing the lease and before the pod, so no
+	// TAP uses their addresses, and a saved pod may need one back.
+	if err := d.releaseOrphanLeasesLocked(); err != nil {
+		return err
+	}
+	for _, sp := range saved.Pods {
+		pod := d.pods[sp.ID].Pod
 		if sp.State != podReady {
 			d.finishLocked(pod, "interrupted "+string(sp.State))
 			continue
 		}
-		if err := d.checkLease(pod); err != nil {
-			d.log.Error("pod without its address lease; removing it", "pod", pod.ID, "err", err)
+		if _, err := os.Stat(pod.NetNS); errors.Is(err, fs.ErrNotExist) {
+			d.forgetLocked(pod, "netns is gone")
+			continue
+		}
+		if err := d.ensureLease(pod); err != nil {
+			d.log.Error("pod whose addresses the store cannot lease it; removing it", "pod", pod.ID, "err", err)
 			d.finishLocked(pod, "no lease")
 			continue
 		}
 		d.reattachLocked(pod)
 	}
-	if err := d.releaseOrphanLeasesLocked(); err != nil {
-		return err
-	}
 	return d.restoreForwardsLocked(saved.Forwards)
 }
 
 // reattachLocked opens the TAP of a saved pod and attaches it, or forgets
-// the pod if its netns or TAP is gone.
+// the pod if its TAP is gone.
 func (d *Daemon) reattachLocked(pod Pod) {
-	if _, err := os.Stat(pod.NetNS); errors.Is(err, fs.ErrNotExist) {
-		d.forgetLocked(pod, "netns is gone")
-		return
-	}
 	port, err := tap.Open(tap.Config{
 		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
 		Offloads: pod.Offloads, Queues: max(pod.Queues, 1), Logger: d.log.With("pod", pod.ID),
@@ -356,7 +367,8 @@ func (d *Daemon) reattachLocked(pod Pod) {
 
 // releaseOrphanLeasesLocked releases the leases of attachments the daemon
 // does not know: a crash after the lease was written and before the pod
-// was, or a pod forgotten while its release could not be written.
+// was, or a pod forgotten while its release could not be written. Every
+// attachment holding a lease is in d.pods whenever d.mu is held.
 func (d *Daemon) releaseOrphanLeasesLocked() error {
 	live := make([]ipam.Key, 0, len(d.pods))
 	for _, e := range d.pods {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -157,22 +158,64 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 	}
 }
 
-// TestRestoreRemovesPodWithoutLease checks that a saved pod whose lease is
-// gone is not re-attached with addresses the store may give to another
-// pod: its TAP is removed and it is forgotten.
-func TestRestoreRemovesPodWithoutLease(t *testing.T) {
+// TestRestoreAdoptsPodWithoutLease checks a restart over a store that has
+// lost pods' leases (a first start with a store, a store moved away): a
+// saved pod keeps its addresses, adopted into the store, and stays
+// attached, unless another pod's lease holds them; then it is removed,
+// its TAP too, rather than run with an address the store gave away. A
+// lease whose attachment is not saved at all is released first.
+func TestRestoreAdoptsPodWithoutLease(t *testing.T) {
 	testutil.RequireRoot(t)
-	ns := testutil.NewNetNS(t)
-	lost := testPod("lost", ns, "10.252.9.2/28")
-	leftoverTAP(t, lost)
+	nsKept, nsHolder, nsClash := testutil.NewNetNS(t), testutil.NewNetNS(t), testutil.NewNetNS(t)
+	kept := testPod("kept", nsKept, "10.252.9.7/28")
+	holder := testPod("holder", nsHolder, "10.252.9.2/28")
+	clash := testPod("clash", nsClash, "10.252.9.2/28")
+	orphan := testPod("orphan", nsKept, "10.252.9.3/28")
+	for _, p := range []Pod{kept, holder, clash} {
+		leftoverTAP(t, p)
+	}
 	state := t.TempDir()
-	seed(t, state, savedPod{Pod: lost})
+	seedLeases(t, state, holder, orphan)
+	seed(t, state, savedPod{Pod: clash}, savedPod{Pod: holder}, savedPod{Pod: kept})
 
 	d := newTestDaemon(t, state)
-	if pods := d.Pods(); len(pods) != 0 {
-		t.Errorf("Pods() = %+v, want none: the pod had no lease", pods)
+	pods := d.Pods()
+	if len(pods) != 2 || pods[0].ID != "holder" || pods[1].ID != "kept" || pods[0].PortID == 0 || pods[1].PortID == 0 {
+		t.Errorf("Pods() = %+v, want holder and kept, attached", pods)
 	}
-	if ok, err := tap.Exists(ns, "eth0"); ok || err != nil {
-		t.Errorf("TAP of the pod without a lease: exists=%v err=%v, want removed", ok, err)
+	l, ok := d.ipam.Get(leaseKey(kept))
+	if !ok || fmt.Sprint(l.IPs) != fmt.Sprint(kept.IPs) {
+		t.Errorf("lease of kept = %+v, %v; want its saved %v adopted", l, ok, kept.IPs)
+	}
+	if ok, err := tap.Exists(nsClash, "eth0"); ok || err != nil {
+		t.Errorf("TAP of the pod whose address is leased to another: exists=%v err=%v, want removed", ok, err)
+	}
+	if _, ok := d.ipam.Get(leaseKey(orphan)); ok {
+		t.Errorf("the orphan's lease survived the restart")
+	}
+}
+
+// TestAddPodFreesOrphanLeases checks that leases whose pods are gone — a
+// release that could not be written — do not exhaust the CIDR until the
+// next start: an add that finds no free address releases them first.
+func TestAddPodFreesOrphanLeases(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	d := newTestDaemon(t, t.TempDir())
+	for i := 0; ; i++ {
+		_, err := d.ipam.Allocate(ipam.Key{ContainerID: fmt.Sprintf("ghost-%d", i), IfName: "eth0"})
+		if errors.Is(err, ipam.ErrExhausted) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod, err := d.AddPod(PodRequest{ID: "after-ghosts", NetNS: ns})
+	if err != nil {
+		t.Fatalf("AddPod with only orphan leases in the way: %v", err)
+	}
+	if leases := d.Leases(); len(leases) != 1 || leases[0].Key != leaseKey(pod) {
+		t.Errorf("leases = %+v, want only the new pod's", leases)
 	}
 }
