@@ -5,7 +5,7 @@ GO      ?= go
 PREFIX  ?= /usr/local
 BIN     := bin
 # Packages with goroutines of their own run under the race detector.
-UNIT    := ./switch/... ./tap/... ./netstack/... ./ipam/... ./daemon/... ./internal/... ./cmd/...
+UNIT    := ./switch/... ./tap/... ./netstack/... ./ipam/... ./daemon/... ./cni/... ./internal/... ./cmd/...
 
 .PHONY: all build test demo deps install clean fuzz bench bench-short bench-scale
 

@@ -3,6 +3,7 @@ module tapswitch
 go 1.26.3
 
 require (
+	github.com/containernetworking/cni v1.3.1
 	github.com/vishvananda/netlink v1.3.1
 	github.com/vishvananda/netns v0.0.5
 	go.etcd.io/bbolt v1.5.0
