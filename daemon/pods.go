@@ -31,9 +31,22 @@ const DefaultIfName = "eth0"
 // validID is what the CNI spec allows in a container ID.
 var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$`)
 
+// Kubernetes names (k8s.io/apimachinery validation): a namespace is a
+// DNS-1123 label, a pod name a DNS-1123 subdomain.
+var (
+	validNamespace = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	validPodName   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
+)
+
 func validateRequest(req *PodRequest) error {
 	if !validID.MatchString(req.ID) {
 		return fmt.Errorf("%w: pod id %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.ID)
+	}
+	if req.PodNamespace != "" && !validNamespace.MatchString(req.PodNamespace) {
+		return fmt.Errorf("%w: pod namespace %q: want a DNS-1123 label (lower-case letters, digits and '-', at most 63)", ErrInvalid, req.PodNamespace)
+	}
+	if req.PodName != "" && !validPodName.MatchString(req.PodName) {
+		return fmt.Errorf("%w: pod name %q: want a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)", ErrInvalid, req.PodName)
 	}
 	if req.IfName == "" {
 		req.IfName = DefaultIfName
@@ -72,6 +85,7 @@ func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
 	}
 	pod := Pod{
 		ID: req.ID, NetNS: req.NetNS, IfName: req.IfName, MAC: podMAC(req.ID, req.IfName), Port: req.ID,
+		PodNamespace: req.PodNamespace, PodName: req.PodName,
 		MTU: d.opts.MTU, Offloads: !d.opts.NoOffloads, Queues: d.opts.Queues,
 	}
 	if req.Offloads != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -29,6 +30,12 @@ func TestValidateRequest(t *testing.T) {
 		{"colon ifname", PodRequest{ID: "a", NetNS: ns, IfName: "eth0:1"}, false},
 		{"dot ifname", PodRequest{ID: "a", NetNS: ns, IfName: ".."}, false},
 		{"15 byte ifname", PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcde"}, true},
+		{"k8s names", PodRequest{ID: "a", NetNS: ns, PodNamespace: "kube-system", PodName: "coredns-5d78c9869d-x7k2p.a"}, true},
+		{"upper namespace", PodRequest{ID: "a", NetNS: ns, PodNamespace: "Default"}, false},
+		{"long namespace", PodRequest{ID: "a", NetNS: ns, PodNamespace: strings.Repeat("a", 64)}, false},
+		{"63 byte namespace", PodRequest{ID: "a", NetNS: ns, PodNamespace: strings.Repeat("a", 63)}, true},
+		{"slash pod name", PodRequest{ID: "a", NetNS: ns, PodName: "a/b"}, false},
+		{"dash-ended pod name", PodRequest{ID: "a", NetNS: ns, PodName: "web-"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

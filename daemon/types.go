@@ -17,16 +17,24 @@ type PodRequest struct {
 	// Offloads, if set, overrides the daemon's offload setting for this
 	// pod's TAP.
 	Offloads *bool `json:"offloads,omitempty"`
+	// PodNamespace and PodName name the Kubernetes pod, as runtimes pass
+	// them to CNI plugins (K8S_POD_NAMESPACE, K8S_POD_NAME). Optional;
+	// recorded and shown, never used to decide anything.
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	PodName      string `json:"pod_name,omitempty"`
 }
 
 // Pod is an attached pod.
 type Pod struct {
-	ID       string         `json:"id"`
-	NetNS    string         `json:"netns"`
-	IfName   string         `json:"ifname"`
-	MAC      vswitch.MAC    `json:"mac"`
-	IPs      []netip.Prefix `json:"ips"`
-	Gateways []netip.Addr   `json:"gateways"`
+	ID     string `json:"id"`
+	NetNS  string `json:"netns"`
+	IfName string `json:"ifname"`
+	// PodNamespace and PodName are the request's, if it named them.
+	PodNamespace string         `json:"pod_namespace,omitempty"`
+	PodName      string         `json:"pod_name,omitempty"`
+	MAC          vswitch.MAC    `json:"mac"`
+	IPs          []netip.Prefix `json:"ips"`
+	Gateways     []netip.Addr   `json:"gateways"`
 	// DNS are the pod's nameservers: the gateway addresses, when the
 	// gateway forwards DNS.
 	DNS      []netip.Addr   `json:"dns,omitempty"`

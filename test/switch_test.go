@@ -296,3 +296,25 @@ func TestDualStackPing(t *testing.T) {
 	mustPing(t, a, b.IPs[1].Addr()) // neighbour discovery is flooded between pods
 	mustPing(t, b, a.IPs[1].Addr())
 }
+
+// TestPodKubernetesNames attaches a pod through the CLI with its
+// Kubernetes namespace and name, as the CNI plugin will pass them: they
+// are kept across a restart and shown by tapswitchctl pods.
+func TestPodKubernetesNames(t *testing.T) {
+	testutil.RequireRoot(t)
+	state := filepath.Join(t.TempDir(), "state")
+	d := startDaemon(t, state)
+	ns := testutil.NewNetNS(t)
+	if out, err := d.ctl("pod add", "--id", "k8s-a", "--netns", ns, "--pod-namespace", "kube-system", "--pod-name", "coredns-1"); err != nil {
+		t.Fatalf("pod add: %v\n%s", err, out)
+	}
+	if out, err := d.ctl("pod add", "--id", "k8s-b", "--netns", testutil.NewNetNS(t), "--pod-namespace", "Bad_NS", "--pod-name", "x"); err == nil || !strings.Contains(out, "DNS-1123") {
+		t.Errorf("pod add with a bad namespace = %v, want a DNS-1123 error\n%s", err, out)
+	}
+	d.stop(t)
+	d2 := startDaemonIn(t, d.node, state)
+	out, err := d2.ctl("pods")
+	if err != nil || !strings.Contains(out, "kube-system/coredns-1") {
+		t.Errorf("pods after a restart = %v, want kube-system/coredns-1 shown\n%s", err, out)
+	}
+}

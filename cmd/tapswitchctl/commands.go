@@ -21,6 +21,8 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 	netns := fs.String("netns", "", "`path` of the pod's network namespace, e.g. /var/run/netns/NAME (required)")
 	ifname := fs.String("ifname", daemon.DefaultIfName, "interface `name` inside the netns")
 	noOffloads := fs.Bool("no-offloads", false, "turn TSO and checksum offload off on this pod's TAP")
+	podNS := fs.String("pod-namespace", "", "Kubernetes `namespace` of the pod, recorded and shown (optional)")
+	podName := fs.String("pod-name", "", "Kubernetes `name` of the pod, recorded and shown (optional)")
 	return func(ctx context.Context, c *daemon.Client, out output) error {
 		if *id == "" || *netns == "" {
 			return fmt.Errorf("%w: pod add needs --id and --netns", errUsage)
@@ -30,7 +32,7 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
-		req := daemon.PodRequest{ID: *id, NetNS: path, IfName: *ifname}
+		req := daemon.PodRequest{ID: *id, NetNS: path, IfName: *ifname, PodNamespace: *podNS, PodName: *podName}
 		if *noOffloads {
 			off := false
 			req.Offloads = &off
@@ -78,13 +80,17 @@ func podsCmd(fs *flag.FlagSet) runFunc {
 
 func printPods(out output, pods []daemon.Pod) error {
 	tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tIFNAME\tMAC\tIPS\tGATEWAYS\tPORT\tNETNS")
+	fmt.Fprintln(tw, "ID\tPOD\tIFNAME\tMAC\tIPS\tGATEWAYS\tPORT\tNETNS")
 	for _, p := range pods {
 		port := "detached"
 		if p.PortID != 0 {
 			port = fmt.Sprint(p.PortID)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.IfName, p.MAC, join(p.IPs), join(p.Gateways), port, p.NetNS)
+		k8s := "-"
+		if p.PodName != "" {
+			k8s = p.PodNamespace + "/" + p.PodName
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, k8s, p.IfName, p.MAC, join(p.IPs), join(p.Gateways), port, p.NetNS)
 	}
 	return tw.Flush()
 }

@@ -20,7 +20,8 @@ import (
 const usage = `Usage: tapswitchctl COMMAND [flags]
 
 Commands:
-  pod add --id ID --netns PATH [--ifname eth0]   attach a network namespace as a pod
+  pod add --id ID --netns PATH [--ifname eth0] [--no-offloads]
+          [--pod-namespace NS --pod-name NAME]   attach a network namespace as a pod
   pod del --id ID                                detach a pod and remove its TAP
   pods                                           list pods
   forward add --listen ADDR:PORT --pod ID --port PORT [--proto tcp|udp]
