@@ -403,7 +403,7 @@ func TestForwardUDP(t *testing.T) {
 		t.Errorf("forward stats = %d flows open, %d opened; want 2 and 2", st.active, st.conns)
 	}
 	// Idle flows expire; a client that speaks again gets a new one.
-	waitFor(t, "udp flows to expire", func() bool { return f.stats().active == 0 })
+	testutil.WaitFor(t, "udp flows to expire", func() bool { return f.stats().active == 0 })
 	if got := udpExchange(t, clients[1], []byte("again")); string(got) != "again" {
 		t.Errorf("udp echo after expiry = %q, want again", got)
 	}
@@ -429,18 +429,6 @@ func udpExchange(t *testing.T, c net.Conn, msg []byte) []byte {
 	}
 	t.Fatalf("no udp answer through %s", c.RemoteAddr())
 	return nil
-}
-
-// waitFor polls cond for a few seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestForwardBadInputLeavesNothing(t *testing.T) {

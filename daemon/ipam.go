@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"tapswitch/ipam"
@@ -93,7 +94,7 @@ func (d *Daemon) ensureLease(pod Pod) error {
 		d.log.Warn("pod had no address lease; its addresses were adopted", "pod", pod.ID, "ips", pod.IPs)
 		return nil
 	}
-	if fmt.Sprint(l.IPs) != fmt.Sprint(pod.IPs) {
+	if !slices.Equal(l.IPs, pod.IPs) {
 		return fmt.Errorf("pod %s has addresses %v but its lease has %v", pod.ID, pod.IPs, l.IPs)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -64,7 +65,7 @@ func seedLeases(t *testing.T, stateDir string, pods ...Pod) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fmt.Sprint(l.IPs) != fmt.Sprint(p.IPs) {
+		if !slices.Equal(l.IPs, p.IPs) {
 			t.Fatalf("seeded lease of %s = %v, want %v", p.ID, l.IPs, p.IPs)
 		}
 	}
@@ -126,7 +127,7 @@ func TestRestoreFinishesInterruptedWork(t *testing.T) {
 	}
 	// Only the ready pod keeps a lease: the forgotten pods' and the
 	// orphan's are released.
-	if leases := d.Leases(); len(leases) != 1 || leases[0].Key != leaseKey(ready) || fmt.Sprint(leases[0].IPs) != fmt.Sprint(ready.IPs) {
+	if leases := d.Leases(); len(leases) != 1 || leases[0].Key != leaseKey(ready) || !slices.Equal(leases[0].IPs, ready.IPs) {
 		t.Errorf("leases after restore = %+v, want only the ready pod's %v", leases, ready.IPs)
 	}
 	// What is on disk now is only the ready pod.
@@ -184,7 +185,7 @@ func TestRestoreAdoptsPodWithoutLease(t *testing.T) {
 		t.Errorf("Pods() = %+v, want holder and kept, attached", pods)
 	}
 	l, ok := d.ipam.Get(leaseKey(kept))
-	if !ok || fmt.Sprint(l.IPs) != fmt.Sprint(kept.IPs) {
+	if !ok || !slices.Equal(l.IPs, kept.IPs) {
 		t.Errorf("lease of kept = %+v, %v; want its saved %v adopted", l, ok, kept.IPs)
 	}
 	if ok, err := tap.Exists(nsClash, "eth0"); ok || err != nil {

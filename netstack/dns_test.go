@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+
+	"tapswitch/internal/testutil"
 )
 
 // DNS record types and classes used by the tests (RFC 1035 section 3.2,
@@ -476,7 +478,7 @@ func TestDNSMalformed(t *testing.T) {
 	// packets queued meanwhile from a goroutine of its own
 	// (stack/pending_packets.go, dequeue), so a later write can overtake
 	// them: wait for both to be dropped before the good query.
-	waitFor(t, "the malformed queries dropped", func() bool { return n.gw.DNSStats().Dropped == 2 })
+	testutil.WaitFor(t, "the malformed queries dropped", func() bool { return n.gw.DNSStats().Dropped == 2 })
 	// A good query after them is answered: the socket read the bad ones.
 	q := dnsQuery(0x3003, "www.example.", typeA)
 	if _, err := c.Write(q); err != nil {
@@ -519,14 +521,14 @@ func TestDNSUDPLimit(t *testing.T) {
 	if _, err := c.Write(dnsQuery(0, "www.example.", typeA)); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	waitFor(t, "the first query upstream", func() bool { return up.udpQueries.Load() == 1 })
+	testutil.WaitFor(t, "the first query upstream", func() bool { return up.udpQueries.Load() == 1 })
 	const total = dnsMaxUDPQueries + 64
 	for i := 1; i < total; i++ {
 		if _, err := c.Write(dnsQuery(uint16(i), "www.example.", typeA)); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
 	}
-	waitFor(t, "dropped queries", func() bool { return n.gw.DNSStats().Dropped > 0 })
+	testutil.WaitFor(t, "dropped queries", func() bool { return n.gw.DNSStats().Dropped > 0 })
 	if s := n.gw.DNSStats(); s.Queries+s.Dropped > total {
 		t.Errorf("DNSStats = %+v for %d queries", s, total)
 	}
@@ -554,7 +556,7 @@ func TestDNSCloseInFlight(t *testing.T) {
 	if _, err := tc.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(tq))), tq...)); err != nil {
 		t.Fatalf("tcp write: %v", err)
 	}
-	waitFor(t, "queries upstream", func() bool { return up.udpQueries.Load() == 3 && up.tcpQueries.Load() == 1 })
+	testutil.WaitFor(t, "queries upstream", func() bool { return up.udpQueries.Load() == 3 && up.tcpQueries.Load() == 1 })
 
 	n.gw.Close()
 	up.mu.Lock()

@@ -17,6 +17,8 @@ import (
 
 	vswitch "tapswitch/switch"
 	"tapswitch/switch/porttest"
+
+	"tapswitch/internal/testutil"
 )
 
 // The ICMP errors of egress: a host dial or first send that finds no
@@ -68,7 +70,7 @@ func TestEgressTCPUnreachable(t *testing.T) {
 			if !isTCPIPError(err, tt.want) {
 				t.Fatalf("pod dial %s = %v, want %q", tt.dst, err, tt.want)
 			}
-			waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+			testutil.WaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 			s := n.gw.EgressStats()
 			if s.TCPUnreachable != 1 || s.ICMPSent != 1 || s.DialFailures != 1 || s.TCPRefused != 0 || s.TCPTimeouts != 0 {
 				t.Errorf("stats = %+v, want 1 dial failed unreachable and 1 ICMP error", s)
@@ -113,7 +115,7 @@ func TestEgressICMPUnreachableMessage(t *testing.T) {
 			if !bytes.Equal(icmp[8:], tt.pkt) {
 				t.Errorf("quote = % x\nwant the invoking packet % x", icmp[8:], tt.pkt)
 			}
-			waitFor(t, "the flow to end", func() bool { s := n.gw.EgressStats(); return s.TCPActive == 0 && s.UDPActive == 0 })
+			testutil.WaitFor(t, "the flow to end", func() bool { s := n.gw.EgressStats(); return s.TCPActive == 0 && s.UDPActive == 0 })
 			s := n.gw.EgressStats()
 			if s.ICMPSent != 1 || s.TCPUnreachable+s.UDPUnreachable != 1 {
 				t.Errorf("stats = %+v, want 1 flow unreachable and 1 ICMP error", s)
@@ -258,7 +260,7 @@ func TestEgressUDPFirstSendUnreachable(t *testing.T) {
 		t.Errorf("error type/code %d/%d quoting % x, want 3/1 quoting the first datagram", icmp[0], icmp[1], icmp[8:])
 	}
 	n.pod.Inject(porttest.Ether(gwMAC, podMAC, vswitch.EtherTypeIP4, udpDatagram(src, dst, []byte("second"))))
-	waitFor(t, "both datagrams dropped", func() bool { return n.gw.EgressStats().UDPDropped == 2 })
+	testutil.WaitFor(t, "both datagrams dropped", func() bool { return n.gw.EgressStats().UDPDropped == 2 })
 	if s := n.gw.EgressStats(); s.ICMPSent != 1 || s.UDPUnreachable != 1 || s.UDPTotal != 1 || s.DialFailures != 0 {
 		t.Errorf("stats = %+v, want one flow, its first datagram unreachable, one ICMP error", s)
 	}

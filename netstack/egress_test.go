@@ -219,7 +219,7 @@ func TestEgressTCPRefused(t *testing.T) {
 	if !isTCPIPError(err, &tcpip.ErrConnectionRefused{}) {
 		t.Fatalf("pod dial = %v, want connection refused", err)
 	}
-	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	testutil.WaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	if s := n.gw.EgressStats(); s.TCPRefused != 1 || s.DialFailures != 1 || s.TCPTotal != 1 {
 		t.Errorf("stats = %+v, want 1 flow, 1 refused, 1 dial failure", s)
 	}
@@ -308,7 +308,7 @@ func TestEgressTCPResetFromPod(t *testing.T) {
 	if err := <-got; !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("server read after pod RST = %v, want ECONNRESET", err)
 	}
-	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	testutil.WaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 }
 
 // TestEgressTCPNoTimeWait checks that a flow whose far side closes first
@@ -323,7 +323,7 @@ func TestEgressTCPNoTimeWait(t *testing.T) {
 	if err != nil || string(got) != "bye" {
 		t.Fatalf("read %q, %v; want bye", got, err)
 	}
-	waitFor(t, "the flow to end", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	testutil.WaitFor(t, "the flow to end", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	for _, ep := range n.gw.stack.RegisteredEndpoints() {
 		if ep, ok := ep.(*tcp.Endpoint); ok && tcp.EndpointState(ep.State()) == tcp.StateTimeWait {
 			t.Errorf("gateway endpoint %+v in TIME-WAIT", ep.TransportEndpointInfo.ID)
@@ -353,7 +353,7 @@ func TestEgressTCPDialTimeout(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("pod dial = %v, want its own deadline (no answer)", err)
 	}
-	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	testutil.WaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	if m := maxInFlight.Load(); m != 1 {
 		t.Errorf("%d dials at once, want 1", m)
 	}
@@ -373,7 +373,7 @@ func TestEgressTCPDialFailsSilently(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("pod dial = %v, want its own deadline (no answer)", err)
 	}
-	waitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
+	testutil.WaitFor(t, "no active TCP flow", func() bool { return n.gw.EgressStats().TCPActive == 0 })
 	if s := n.gw.EgressStats(); s.DialFailures < 1 || s.TCPRefused != 0 || s.TCPTimeouts != 0 || s.TCPUnreachable != 0 || s.ICMPSent != 0 {
 		t.Errorf("stats = %+v, want dial failures, none refused, timed out or unreachable, no ICMP", s)
 	}
@@ -552,7 +552,7 @@ func testCloseDuringHandshake(t *testing.T, cancelFirst bool) {
 	}
 	if cancelFirst {
 		p.cancel()
-		waitFor(t, "the flow to end", func() bool { return p.EgressStats().TCPActive == 0 })
+		testutil.WaitFor(t, "the flow to end", func() bool { return p.EgressStats().TCPActive == 0 })
 	}
 	closeWithin(t, p, 10*time.Second)
 	if err := <-serverDone; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
@@ -619,7 +619,7 @@ func TestEgressUDPIdle(t *testing.T) {
 	stats := n.gw.EgressStats
 
 	udpRoundTrip(t, c, []byte("one"))
-	waitFor(t, "the flow to expire", func() bool { s := stats(); return s.UDPActive == 0 && s.UDPExpired == 1 })
+	testutil.WaitFor(t, "the flow to expire", func() bool { s := stats(); return s.UDPActive == 0 && s.UDPExpired == 1 })
 
 	udpRoundTrip(t, c, []byte("two"))
 	if s := stats(); s.UDPTotal != 2 || s.UDPActive != 1 {
@@ -670,7 +670,7 @@ func TestEgressUDPFlowLimit(t *testing.T) {
 		if _, err := c.Write([]byte("over")); err != nil {
 			t.Fatalf("write: %v", err)
 		}
-		waitFor(t, "a dropped datagram", func() bool { return n.gw.EgressStats().UDPDropped == uint64(i+1) })
+		testutil.WaitFor(t, "a dropped datagram", func() bool { return n.gw.EgressStats().UDPDropped == uint64(i+1) })
 	}
 	if s := n.gw.EgressStats(); s.UDPTotal != 2 || s.UDPActive != 2 {
 		t.Errorf("stats = %+v, want two flows", s)
@@ -707,7 +707,7 @@ func TestEgressNotForwarded(t *testing.T) {
 	// 1122 section 4.1.3.3).
 	for _, gw := range []netip.Prefix{netGW4, netGW6} {
 		u := podDialUDP(t, pod, netip.AddrPortFrom(gw.Addr(), 9))
-		waitFor(t, "port unreachable from the gateway", func() bool {
+		testutil.WaitFor(t, "port unreachable from the gateway", func() bool {
 			_, err := u.Write([]byte("discard"))
 			time.Sleep(10 * time.Millisecond)
 			return isTCPIPError(err, &tcpip.ErrConnectionRefused{})
@@ -823,7 +823,7 @@ func TestEgressManyFlows(t *testing.T) {
 			t.Fatalf("write: %v", err)
 		}
 	}
-	waitFor(t, "the short connections' flows to end", func() bool { return n.gw.EgressStats().TCPActive == openTCP })
+	testutil.WaitFor(t, "the short connections' flows to end", func() bool { return n.gw.EgressStats().TCPActive == openTCP })
 	s := n.gw.EgressStats()
 	if s.TCPTotal != tcpFlows+openTCP || s.UDPTotal != udpFlows || s.UDPActive != udpFlows || s.DialFailures != 0 {
 		t.Errorf("stats = %+v, want %d TCP and %d UDP flows", s, tcpFlows+openTCP, udpFlows)
@@ -966,7 +966,7 @@ func TestEgressNotFromPod(t *testing.T) {
 				}
 				u.Close()
 				bad++
-				waitFor(t, "the datagram refused", func() bool { return n.gw.EgressStats().BadSource == bad })
+				testutil.WaitFor(t, "the datagram refused", func() bool { return n.gw.EgressStats().BadSource == bad })
 			}
 			if d := dials.Load(); d != 0 {
 				t.Errorf("%d host dials for a source that is not a pod, want none", d)

@@ -88,7 +88,6 @@ type Port struct {
 	opts  Options // with defaults filled in
 	log   *slog.Logger
 	caps  vswitch.Caps
-	mac   vswitch.MAC
 	pools *vswitch.Pools // frames the stack sends, and UDP segments
 	stack *stack.Stack
 	clock *stackClock // the stack's clock, see stackClock
@@ -131,7 +130,6 @@ func New(opts Options) (*Port, error) {
 		opts:  opts,
 		log:   opts.Logger.With("port", opts.Name),
 		caps:  vswitch.Caps{GSO: true, MaxFrame: frameMTU},
-		mac:   opts.MAC,
 		pools: vswitch.NewPools(),
 		done:  make(chan struct{}),
 	}
@@ -294,7 +292,7 @@ func (p *Port) arpForOthers(frame []byte) bool {
 // answer it.
 func (p *Port) forUs(frame []byte) bool {
 	dst := vswitch.Ether(frame).Dst()
-	return dst == p.mac || dst.Multicast()
+	return dst == p.opts.MAC || dst.Multicast()
 }
 
 // tcpipError converts a gVisor error at the package's edge.

@@ -192,7 +192,7 @@ func newAdvertiser(p *Port, prefixes []netip.Prefix) (*advertiser, error) {
 		ep:      ep,
 		wq:      wq,
 		src:     src,
-		msg:     routerAdvert(p.mac, p.opts.MTU, prefixes),
+		msg:     routerAdvert(p.opts.MAC, p.opts.MTU, prefixes),
 		unicast: make(map[tcpip.Address]time.Time),
 	}, nil
 }

@@ -4,10 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +38,7 @@ func TestIPAMLeases(t *testing.T) {
 		}
 		for i, p := range want {
 			l := leases[i]
-			if l.Key.ContainerID != p.ID || l.Key.IfName != p.IfName || fmt.Sprint(l.IPs) != fmt.Sprint(p.IPs) || l.Since.IsZero() {
+			if l.Key.ContainerID != p.ID || l.Key.IfName != p.IfName || !slices.Equal(l.IPs, p.IPs) || l.Since.IsZero() {
 				t.Errorf("lease %d = %+v, want %s/%s with %v", i, l, p.ID, p.IfName, p.IPs)
 			}
 		}

@@ -1,5 +1,6 @@
 // Package testutil holds helpers for tests that need privileges or check
-// for leaks: RequireRoot, NewNetNS and CheckGoroutines. It starts no
+// for leaks, and wait for a condition: RequireRoot, NewNetNS,
+// CheckGoroutines and WaitFor. It starts no
 // goroutines; NewNetNS runs the ip(8) command.
 package testutil
 
@@ -84,6 +85,19 @@ func WaitGoroutines(t testing.TB, before int) {
 			t.Errorf("goroutines leaked: %d running, %d before\n%s",
 				runtime.NumGoroutine(), before, buf)
 			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// WaitFor polls cond every few milliseconds until it holds, and fails t
+// naming what it waited for if that takes more than 10 s.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
