@@ -25,6 +25,17 @@ func (d *Daemon) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, pod)
 	})
+	mux.HandleFunc("GET /v1/pods/{id}/check", func(w http.ResponseWriter, r *http.Request) {
+		pod, err := d.CheckPod(r.PathValue("id"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, pod)
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Status())
+	})
 	mux.HandleFunc("DELETE /v1/pods/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if err := d.DeletePod(r.PathValue("id")); err != nil {
 			writeError(w, err)
@@ -120,7 +131,7 @@ func writeError(w http.ResponseWriter, err error) {
 		status = http.StatusBadRequest
 	case errors.Is(err, ErrNotFound):
 		status = http.StatusNotFound
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, ErrConflict), errors.Is(err, ErrMismatch):
 		status = http.StatusConflict
 	case errors.Is(err, ErrExhausted):
 		status = http.StatusInsufficientStorage

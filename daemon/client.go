@@ -71,6 +71,24 @@ func (c *Client) Pod(ctx context.Context, id string) (Pod, error) {
 	return pod, err
 }
 
+// CheckPod checks that the pod's interface is as the daemon made it; an
+// *APIError with status 409 says what differs.
+func (c *Client) CheckPod(ctx context.Context, id string) (Pod, error) {
+	var pod Pod
+	err := c.do(ctx, http.MethodGet, "/v1/pods/"+url.PathEscape(id)+"/check", nil, &pod)
+	return pod, err
+}
+
+// Status returns the pods count and the address pools.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
+}
+
+// Socket is the socket path the client talks to.
+func (c *Client) Socket() string { return c.socket }
+
 // Pods lists the attached pods.
 func (c *Client) Pods(ctx context.Context) ([]Pod, error) {
 	var pods []Pod

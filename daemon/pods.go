@@ -31,6 +31,10 @@ const DefaultIfName = "eth0"
 // validID is what the CNI spec allows in a container ID.
 var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$`)
 
+// cniName is what the CNI spec allows in a container ID and a network
+// name; the length bound is ours.
+var cniName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,999}$`)
+
 // Kubernetes names (k8s.io/apimachinery validation): a namespace is a
 // DNS-1123 label, a pod name a DNS-1123 subdomain.
 var (
@@ -47,6 +51,15 @@ func validateRequest(req *PodRequest) error {
 	}
 	if req.PodName != "" && !validPodName.MatchString(req.PodName) {
 		return fmt.Errorf("%w: pod name %q: want a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)", ErrInvalid, req.PodName)
+	}
+	if req.ContainerID != "" && !cniName.MatchString(req.ContainerID) {
+		return fmt.Errorf("%w: container id %q: use letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.ContainerID)
+	}
+	if req.Network != "" && !cniName.MatchString(req.Network) {
+		return fmt.Errorf("%w: network name %q: use letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.Network)
+	}
+	if req.MAC != nil && (req.MAC.Zero() || req.MAC.Multicast()) {
+		return fmt.Errorf("%w: mac %s: want a unicast address", ErrInvalid, req.MAC)
 	}
 	if req.IfName == "" {
 		req.IfName = DefaultIfName
@@ -85,11 +98,14 @@ func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
 	}
 	pod := Pod{
 		ID: req.ID, NetNS: req.NetNS, IfName: req.IfName, MAC: podMAC(req.ID, req.IfName), Port: req.ID,
-		PodNamespace: req.PodNamespace, PodName: req.PodName,
+		PodNamespace: req.PodNamespace, PodName: req.PodName, ContainerID: req.ContainerID, Network: req.Network,
 		MTU: d.opts.MTU, Offloads: !d.opts.NoOffloads, Queues: d.opts.Queues,
 	}
 	if req.Offloads != nil {
 		pod.Offloads = *req.Offloads
+	}
+	if req.MAC != nil {
+		pod.MAC = *req.MAC
 	}
 	if err := d.reserve(&pod); err != nil {
 		return Pod{}, err
@@ -114,6 +130,9 @@ func (d *Daemon) reserve(pod *Pod) error {
 		}
 		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, pod.ID)
 	}
+	if owner := d.macOwnerLocked(pod.MAC); owner != "" {
+		return fmt.Errorf("%w: mac %s is in use by %s", ErrConflict, pod.MAC, owner)
+	}
 	lease, err := d.ipam.Allocate(leaseKey(*pod))
 	if errors.Is(err, ErrExhausted) && d.releaseOrphanLeasesLocked() == nil {
 		// Leases whose release failed earlier are freed now, not only at
@@ -137,6 +156,24 @@ func (d *Daemon) reserve(pod *Pod) error {
 		return err
 	}
 	return nil
+}
+
+// macOwnerLocked names the port that has mac, or returns "": the
+// gateway, the host port, or a pod (in any state). Two ports with one MAC
+// would take each other's frames.
+func (d *Daemon) macOwnerLocked(mac vswitch.MAC) string {
+	switch mac {
+	case gatewayMAC():
+		return "the gateway"
+	case hostPortMAC():
+		return "the host port"
+	}
+	for _, e := range d.pods {
+		if e.MAC == mac {
+			return "pod " + e.ID
+		}
+	}
+	return ""
 }
 
 // create makes the pod's TAP, attaches it and records the pod as ready.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	vswitch "tapswitch/switch"
 )
 
 func TestValidateRequest(t *testing.T) {
@@ -36,6 +38,11 @@ func TestValidateRequest(t *testing.T) {
 		{"63 byte namespace", PodRequest{ID: "a", NetNS: ns, PodNamespace: strings.Repeat("a", 63)}, true},
 		{"slash pod name", PodRequest{ID: "a", NetNS: ns, PodName: "a/b"}, false},
 		{"dash-ended pod name", PodRequest{ID: "a", NetNS: ns, PodName: "web-"}, false},
+		{"cni attachment", PodRequest{ID: "a", NetNS: ns, ContainerID: "0123abc", Network: "tapswitch", MAC: &vswitch.MAC{2, 0, 0, 0, 0, 1}}, true},
+		{"slash container id", PodRequest{ID: "a", NetNS: ns, ContainerID: "a/b"}, false},
+		{"space network", PodRequest{ID: "a", NetNS: ns, Network: "my net"}, false},
+		{"multicast mac", PodRequest{ID: "a", NetNS: ns, MAC: &vswitch.MAC{1, 0, 0x5e, 0, 0, 1}}, false},
+		{"zero mac", PodRequest{ID: "a", NetNS: ns, MAC: &vswitch.MAC{}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,15 @@ type PodRequest struct {
 	// recorded and shown, never used to decide anything.
 	PodNamespace string `json:"pod_namespace,omitempty"`
 	PodName      string `json:"pod_name,omitempty"`
+	// MAC, if set, is the pod interface's MAC (CNI runtimeConfig.mac);
+	// by default it is derived from ID and IfName. It must be unicast
+	// and not another port's.
+	MAC *vswitch.MAC `json:"mac,omitempty"`
+	// ContainerID and Network are the CNI attachment's container ID and
+	// network name, set by the CNI plugin: a CNI GC of Network only ever
+	// removes pods of that network. Recorded and shown.
+	ContainerID string `json:"container_id,omitempty"`
+	Network     string `json:"network,omitempty"`
 }
 
 // Pod is an attached pod.
@@ -30,11 +39,14 @@ type Pod struct {
 	NetNS  string `json:"netns"`
 	IfName string `json:"ifname"`
 	// PodNamespace and PodName are the request's, if it named them.
-	PodNamespace string         `json:"pod_namespace,omitempty"`
-	PodName      string         `json:"pod_name,omitempty"`
-	MAC          vswitch.MAC    `json:"mac"`
-	IPs          []netip.Prefix `json:"ips"`
-	Gateways     []netip.Addr   `json:"gateways"`
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	PodName      string `json:"pod_name,omitempty"`
+	// ContainerID and Network are the request's, if it named them.
+	ContainerID string         `json:"container_id,omitempty"`
+	Network     string         `json:"network,omitempty"`
+	MAC         vswitch.MAC    `json:"mac"`
+	IPs         []netip.Prefix `json:"ips"`
+	Gateways    []netip.Addr   `json:"gateways"`
 	// DNS are the pod's nameservers: the gateway addresses, when the
 	// gateway forwards DNS.
 	DNS      []netip.Addr   `json:"dns,omitempty"`

@@ -248,6 +248,18 @@ func (a *Allocator) InUse() (v4, v6 int) {
 	return len(a.v4.used), v6
 }
 
+// Free returns the number of addresses per family that Allocate can still
+// hand out; v6 is 0 when IPv4 only. Leases inside Reserve ranges do not
+// count against it.
+func (a *Allocator) Free() (v4, v6 uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.v6 != nil {
+		v6 = a.v6.size - min(a.v6.podsInUse(), a.v6.size)
+	}
+	return a.v4.size - min(a.v4.podsInUse(), a.v4.size), v6
+}
+
 // Size returns the number of pod addresses per family: the CIDR without
 // network, gateway, host port, broadcast and Reserve ranges, capped at
 // math.MaxUint64 for huge IPv6 ranges. v6 is 0 when IPv4 only.

@@ -148,6 +148,9 @@ func testDualStack(t *testing.T, open func() Store) {
 	if v4, v6 := a.Size(); v4 != 252 || v6 != math.MaxUint64-2 {
 		t.Errorf("Size() = %d, %d; want 252, 2^64-3", v4, v6)
 	}
+	if v4, v6 := a.Free(); v4 != 251 || v6 != math.MaxUint64-3 {
+		t.Errorf("Free() = %d, %d; want 251, 2^64-4", v4, v6)
+	}
 }
 
 // testDualStackPartial exhausts IPv6 before IPv4: the failing Allocate
@@ -423,8 +426,15 @@ func testReserveAddedLater(t *testing.T, open func() Store) {
 	if v4, _ := a.Size(); v4 != 3 {
 		t.Fatalf("Size() = %d, want 3", v4)
 	}
+	// The lease on reserved .3 takes nothing from the 3 pod addresses.
+	if free, _ := a.Free(); free != 1 {
+		t.Fatalf("Free() = %d, want 1 (.5)", free)
+	}
 	if l := mustAllocate(t, a, key(3)); ips(l) != "10.0.0.5" {
 		t.Fatalf("Allocate = %s, want 10.0.0.5", ips(l))
+	}
+	if free, _ := a.Free(); free != 0 {
+		t.Fatalf("Free() = %d after the last address went, want 0", free)
 	}
 	if _, err := a.Allocate(key(4)); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("Allocate = %v, want exhausted (3 pods in use, .3 reserved)", err)

@@ -1,0 +1,101 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"tapswitch/tap"
+)
+
+// ErrMismatch is wrapped by CheckPod's error when a pod is not as the
+// daemon made it; the API answers 409 with what differs.
+var ErrMismatch = errors.New("pod is not as attached")
+
+// CheckPod checks that the pod is attached to the switch and that its TAP
+// is in its netns with the MAC, MTU, addresses and default routes the
+// daemon gave it, up. The error lists every difference found.
+func (d *Daemon) CheckPod(id string) (Pod, error) {
+	pod, err := d.PodByID(id)
+	if err != nil {
+		return Pod{}, err
+	}
+	var diffs []string
+	if pod.PortID == 0 {
+		diffs = append(diffs, "not attached to the switch (its TAP could not be re-opened; delete and add the pod)")
+	}
+	link, err := tap.Inspect(pod.NetNS, pod.IfName)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		diffs = append(diffs, fmt.Sprintf("netns %s is gone", pod.NetNS))
+	case errors.Is(err, tap.ErrNotFound):
+		diffs = append(diffs, fmt.Sprintf("no interface %s in netns %s", pod.IfName, pod.NetNS))
+	case err != nil:
+		return Pod{}, fmt.Errorf("check pod %s: %w", id, err)
+	default:
+		diffs = append(diffs, linkDiffs(pod, link)...)
+	}
+	if len(diffs) > 0 {
+		return pod, fmt.Errorf("%w: pod %s: %s", ErrMismatch, id, strings.Join(diffs, "; "))
+	}
+	return pod, nil
+}
+
+// linkDiffs lists how link differs from what the daemon made for pod.
+// Other addresses and routes are allowed: a chained plugin may add them.
+func linkDiffs(pod Pod, link tap.Link) []string {
+	var diffs []string
+	if !link.TAP {
+		diffs = append(diffs, fmt.Sprintf("%s is a %s device, not a multiqueue tap", pod.IfName, link.Kind))
+	}
+	if link.MAC != pod.MAC {
+		diffs = append(diffs, fmt.Sprintf("mac is %s, want %s", link.MAC, pod.MAC))
+	}
+	if link.MTU != pod.MTU {
+		diffs = append(diffs, fmt.Sprintf("mtu is %d, want %d", link.MTU, pod.MTU))
+	}
+	if !link.Up {
+		diffs = append(diffs, "link is down")
+	}
+	for _, a := range pod.IPs {
+		if !slices.Contains(link.Addrs, a) {
+			diffs = append(diffs, fmt.Sprintf("address %s is missing", a))
+		}
+	}
+	for _, gw := range pod.Gateways {
+		if !slices.Contains(link.Gateways, gw) {
+			diffs = append(diffs, fmt.Sprintf("default route via %s is missing", gw))
+		}
+	}
+	return diffs
+}
+
+// Status is the answer of GET /v1/status: whether the daemon can attach
+// another pod.
+type Status struct {
+	Pods  int    `json:"pods"`
+	Pools []Pool `json:"pools"`
+}
+
+// Pool is one pod CIDR's addresses: Size usable by pods, Free of them
+// still to lease.
+type Pool struct {
+	CIDR netip.Prefix `json:"cidr"`
+	Size uint64       `json:"size"`
+	Free uint64       `json:"free"`
+}
+
+// Status returns the pools of the pod CIDRs.
+func (d *Daemon) Status() Status {
+	size4, size6 := d.ipam.Size()
+	free4, free6 := d.ipam.Free()
+	st := Status{Pods: len(d.Pods())}
+	st.Pools = append(st.Pools, Pool{CIDR: d.opts.PodCIDR, Size: size4, Free: free4})
+	if d.opts.PodCIDR6.IsValid() {
+		st.Pools = append(st.Pools, Pool{CIDR: d.opts.PodCIDR6, Size: size6, Free: free6})
+	}
+	return st
+}
