@@ -54,7 +54,7 @@ func runMain(m *testing.M) int {
 	}
 	// The daemon runs under the race detector: these tests are its only
 	// run with real devices, traffic and API calls at once.
-	cmd := exec.Command("go", "build", "-race", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl")
+	cmd := exec.Command("go", "build", "-race", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl", "tapswitch/cmd/tapswitch")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
@@ -67,6 +67,30 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	return code
+}
+
+// cniToolsDir holds cnitool and the reference plugins (portmap, tuning,
+// bandwidth, loopback) at the versions `make cni-tools` pins.
+const cniToolsDir = "../bin/cni-tools"
+
+// cniTools returns the absolute path of cniToolsDir after checking it holds
+// the named tools. Without them the test skips, except in CI, where it
+// fails: `make test` installs them first.
+func cniTools(t *testing.T, names ...string) string {
+	t.Helper()
+	dir, err := filepath.Abs(cniToolsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is missing (make cni-tools installs it): %v", n, err)
+			}
+			t.Skipf("%s is missing; run make cni-tools", n)
+		}
+	}
+	return dir
 }
 
 // leftoverNetNS lists the namespaces this test process created and did not

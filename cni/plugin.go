@@ -1,0 +1,341 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
+
+	"tapswitch/daemon"
+)
+
+// Timeouts of one plugin call's talk with the daemon. An ADD creates a TAP
+// and writes two files with fsync; the runtime has its own, longer, bound.
+const (
+	opTimeout     = 60 * time.Second
+	statusTimeout = 10 * time.Second
+)
+
+// Funcs are the plugin's command handlers, for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus, GC: cmdGC}
+}
+
+// cmdAdd attaches the pod through the daemon, makes its port forwards and
+// prints the result. An attachment that exists already is answered with
+// its result; what this call made is undone if a later step fails.
+func cmdAdd(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	kargs, err := parseArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	mac, err := parseMAC(conf.RuntimeConfig.MAC)
+	if err != nil {
+		return err
+	}
+	c := daemon.NewClient(conf.Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+
+	id := PodID(args.ContainerID, args.IfName)
+	pod, err := c.AddPod(ctx, daemon.PodRequest{
+		ID: id, NetNS: args.Netns, IfName: args.IfName, MAC: mac,
+		ContainerID: args.ContainerID, Network: conf.Name,
+		PodNamespace: string(kargs.K8S_POD_NAMESPACE), PodName: string(kargs.K8S_POD_NAME),
+	})
+	made := err == nil
+	if isStatus(err, http.StatusConflict) {
+		// A repeated ADD for the same attachment gets the existing one.
+		if old, gerr := c.Pod(ctx, id); gerr == nil && sameAttachment(old, args) {
+			pod, err = old, nil
+		}
+	}
+	if err != nil {
+		return daemonError("attach the pod", err)
+	}
+	undo := func() {
+		if made {
+			if derr := c.DeletePod(ctx, id); derr != nil {
+				fmt.Fprintf(os.Stderr, "tapswitch: undo attachment of %s: %v\n", id, derr)
+			}
+		}
+	}
+
+	if err := ensureForwards(ctx, c, pod, conf.RuntimeConfig.PortMappings); err != nil {
+		undo()
+		return err
+	}
+	res, err := Result(pod, conf.CNIVersion)
+	if err != nil {
+		undo()
+		return err
+	}
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// sameAttachment reports whether the daemon's pod is the attachment args
+// names: same container, interface and network namespace.
+func sameAttachment(pod daemon.Pod, args *skel.CmdArgs) bool {
+	return pod.ContainerID == args.ContainerID && pod.IfName == args.IfName && sameFile(pod.NetNS, args.Netns)
+}
+
+// sameFile reports whether two paths name the same file: runtimes may
+// name one netns by its bind mount or by /proc/PID/ns/net.
+func sameFile(a, b string) bool {
+	if a == b {
+		return true
+	}
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// ensureForwards makes the pod's port forwards for mappings, keeping the
+// ones that exist already.
+func ensureForwards(ctx context.Context, c *daemon.Client, pod daemon.Pod, mappings []PortMapping) error {
+	if len(mappings) == 0 {
+		return nil
+	}
+	reqs, err := forwardRequests(pod.ID, mappings, pod.IPs)
+	if err != nil {
+		return err
+	}
+	have, err := c.Forwards(ctx)
+	if err != nil {
+		return daemonError("list port forwards", err)
+	}
+	for _, req := range reqs {
+		exists := slices.ContainsFunc(have, func(fw daemon.Forward) bool {
+			return fw.Pod == req.Pod && fw.Proto == req.Proto && fw.Listen.String() == req.Listen && int(fw.Port) == req.Port
+		})
+		if exists {
+			continue
+		}
+		if _, err := c.AddForward(ctx, req); err != nil {
+			return daemonError(fmt.Sprintf("forward %s %s to port %d", req.Proto, req.Listen, req.Port), err)
+		}
+	}
+	return nil
+}
+
+// cmdDel detaches the pod: its TAP, addresses and port forwards go. It
+// succeeds when there is nothing to delete: the netns gone, CNI_NETNS
+// empty, the pod unknown, a second DEL. Only a daemon that does not answer
+// fails it (code 11), since the address would stay leased.
+func cmdDel(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	c := daemon.NewClient(conf.Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+
+	id := PodID(args.ContainerID, args.IfName)
+	pod, err := c.Pod(ctx, id)
+	if isStatus(err, http.StatusNotFound) {
+		return nil
+	}
+	if err != nil {
+		return daemonError("look up the pod", err)
+	}
+	if pod.ContainerID != args.ContainerID || pod.IfName != args.IfName {
+		// Another attachment has this ID (a pod made with tapswitchctl):
+		// not ours to delete.
+		return nil
+	}
+	if err := c.DeletePod(ctx, id); err != nil && !isStatus(err, http.StatusNotFound) {
+		return daemonError("detach the pod", err)
+	}
+	return nil
+}
+
+// cmdCheck checks the attachment against prevResult and against what the
+// daemon finds in the pod's netns.
+func cmdCheck(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult", "the runtime passed no prevResult")
+	}
+	prev, err := types100.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "cannot convert prevResult", err.Error())
+	}
+	c := daemon.NewClient(conf.Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+
+	id := PodID(args.ContainerID, args.IfName)
+	pod, err := c.CheckPod(ctx, id)
+	if isStatus(err, http.StatusNotFound) {
+		return types.NewError(types.ErrUnknownContainer, "no such attachment",
+			fmt.Sprintf("tapswitchd has no pod %s (container %s, interface %s)", id, args.ContainerID, args.IfName))
+	}
+	if err != nil {
+		return daemonError("check the pod", err)
+	}
+	var diffs []string
+	if pod.ContainerID != args.ContainerID {
+		diffs = append(diffs, fmt.Sprintf("pod %s belongs to container %q", id, pod.ContainerID))
+	}
+	if !sameFile(pod.NetNS, args.Netns) {
+		diffs = append(diffs, fmt.Sprintf("pod is in netns %s, CNI_NETNS is %s", pod.NetNS, args.Netns))
+	}
+	diffs = append(diffs, resultDiffs(pod, prev)...)
+	if len(diffs) > 0 {
+		return types.NewError(ErrCheckFailed, "the attachment differs from prevResult", strings.Join(diffs, "; "))
+	}
+	return nil
+}
+
+// ErrCheckFailed is the plugin's own error code (100 and up are free for
+// plugins) for a CHECK that found the attachment not as expected.
+const ErrCheckFailed uint = 100
+
+// resultDiffs lists how prevResult's view of the pod's interface differs
+// from the daemon's pod. Interfaces, addresses and routes of chained
+// plugins are allowed.
+func resultDiffs(pod daemon.Pod, prev *types100.Result) []string {
+	idx := -1
+	for i, iface := range prev.Interfaces {
+		if iface.Name == pod.IfName && iface.Sandbox != "" {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return []string{fmt.Sprintf("prevResult has no interface %s in a sandbox", pod.IfName)}
+	}
+	var diffs []string
+	iface := prev.Interfaces[idx]
+	if !strings.EqualFold(iface.Mac, pod.MAC.String()) {
+		diffs = append(diffs, fmt.Sprintf("interface %s has mac %s, prevResult says %s", pod.IfName, pod.MAC, iface.Mac))
+	}
+	if !sameFile(iface.Sandbox, pod.NetNS) {
+		diffs = append(diffs, fmt.Sprintf("interface %s is in %s, prevResult says %s", pod.IfName, pod.NetNS, iface.Sandbox))
+	}
+	var prevIPs []string
+	for _, ipc := range prev.IPs {
+		if ipc.Interface != nil && *ipc.Interface == idx {
+			prevIPs = append(prevIPs, ipc.Address.String())
+		}
+	}
+	var podIPs []string
+	for _, p := range pod.IPs {
+		podIPs = append(podIPs, p.String())
+	}
+	slices.Sort(prevIPs)
+	slices.Sort(podIPs)
+	if !slices.Equal(prevIPs, podIPs) {
+		diffs = append(diffs, fmt.Sprintf("interface %s has addresses %v, prevResult says %v", pod.IfName, podIPs, prevIPs))
+	}
+	return diffs
+}
+
+// cmdStatus reports whether the plugin can serve an ADD: the daemon
+// answers and every pod CIDR has a free address.
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	c := daemon.NewClient(conf.Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if errors.Is(err, daemon.ErrUnavailable) {
+		// Without the daemon no frame moves: the pods it attached are
+		// cut off too.
+		return types.NewError(types.ErrLimitedConnectivity, "tapswitchd is not answering; attached pods have no network", err.Error())
+	}
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "tapswitchd status failed", err.Error())
+	}
+	for _, p := range st.Pools {
+		if p.Free == 0 {
+			return types.NewError(types.ErrPluginNotAvailable, "no free pod address",
+				fmt.Sprintf("all %d pod addresses of %s are in use", p.Size, p.CIDR))
+		}
+	}
+	return nil
+}
+
+// cmdGC deletes the pods of this network whose attachment is not in
+// cni.dev/valid-attachments. Pods of other networks, and pods made with
+// tapswitchctl, are left alone. It goes on after a failed delete and
+// reports every failure.
+func cmdGC(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	valid := map[types.GCAttachment]bool{}
+	for _, a := range conf.ValidAttachments {
+		valid[a] = true
+	}
+	c := daemon.NewClient(conf.Socket)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	pods, err := c.Pods(ctx)
+	if err != nil {
+		return daemonError("list pods", err)
+	}
+	var errs []string
+	for _, pod := range pods {
+		if pod.Network != conf.Name || pod.ContainerID == "" || valid[types.GCAttachment{ContainerID: pod.ContainerID, IfName: pod.IfName}] {
+			continue
+		}
+		if err := c.DeletePod(ctx, pod.ID); err != nil && !isStatus(err, http.StatusNotFound) {
+			errs = append(errs, fmt.Sprintf("pod %s: %v", pod.ID, err))
+		}
+	}
+	if len(errs) > 0 {
+		return types.NewError(types.ErrInternal, "some stale attachments could not be deleted", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// isStatus reports whether err is the daemon's answer with HTTP status.
+func isStatus(err error, status int) bool {
+	var ae *daemon.APIError
+	return errors.As(err, &ae) && ae.Status == status
+}
+
+// daemonError turns a failed daemon call into a CNI error with the spec's
+// code: the daemon not answering, or out of addresses, is "try again
+// later" (11); a refused request is "invalid environment variables" (4),
+// as every field the plugin sends comes from the CNI environment or the
+// runtime's arguments, and the daemon's message names it.
+func daemonError(what string, err error) error {
+	var ae *daemon.APIError
+	switch {
+	case errors.Is(err, daemon.ErrUnavailable):
+		return types.NewError(types.ErrTryAgainLater, "tapswitchd is not answering; try again later",
+			fmt.Sprintf("%s: %v", what, err))
+	case errors.As(err, &ae) && ae.Status == http.StatusInsufficientStorage:
+		return types.NewError(types.ErrTryAgainLater, "no free pod address; try again later", ae.Message)
+	case errors.As(err, &ae) && ae.Status == http.StatusBadRequest:
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "tapswitchd refused the request", ae.Message)
+	case errors.As(err, &ae):
+		return types.NewError(types.ErrInternal, "tapswitchd could not "+what, ae.Message)
+	}
+	return types.NewError(types.ErrInternal, "tapswitchd could not "+what, err.Error())
+}
