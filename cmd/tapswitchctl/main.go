@@ -23,6 +23,9 @@ Commands:
   pod add --id ID --netns PATH [--ifname eth0] [--no-offloads]
           [--pod-namespace NS --pod-name NAME]   attach a network namespace as a pod
   pod del --id ID                                detach a pod and remove its TAP
+  pod check --id ID                              check the pod's interface is as
+                                                 attached (MAC, MTU, addresses,
+                                                 routes, on the switch)
   pods                                           list pods
   forward add --listen ADDR:PORT --pod ID --port PORT [--proto tcp|udp]
                                                  listen on a host address and
@@ -31,6 +34,7 @@ Commands:
                                                  remove a port forward
   forward list                                   list port forwards
   ipam                                           list address leases
+  status                                         pods and free addresses per CIDR
   fdb                                            list learned MAC addresses
   stats                                          per-port counters
 
@@ -68,11 +72,13 @@ type command struct {
 var commands = []command{
 	{"pod add", podAddCmd},
 	{"pod del", podDelCmd},
+	{"pod check", podCheckCmd},
 	{"pods", podsCmd},
 	{"forward add", forwardAddCmd},
 	{"forward del", forwardDelCmd},
 	{"forward list", forwardListCmd},
 	{"ipam", ipamCmd},
+	{"status", statusCmd},
 	{"fdb", fdbCmd},
 	{"stats", statsCmd},
 }
