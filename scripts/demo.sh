@@ -4,7 +4,8 @@
 # TCP stream between two of them; then the gateway: a pod reaching a server
 # in an "outside world" namespace through the netstack, the node reaching a
 # pod through the host port tsw0, and a port forward; then the FDB and
-# counters the traffic left. Everything it makes is removed on exit, Ctrl-C
+# counters the traffic left; then a pod attached by the CNI plugin, run as
+# a container runtime runs it. Everything it makes is removed on exit, Ctrl-C
 # or failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,15 @@ ip link show tsw0 >/dev/null 2>&1 && had_tsw0=1
 ns() { echo "tsw-demo-$run_id-$1"; }
 ctl() { "$BIN/tapswitchctl" --socket "$sock" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# cni COMMAND runs the CNI plugin as a runtime does: the network
+# configuration on stdin, the attachment in CNI_* variables.
+cni_id="demo-$run_id"
+cni_conf="{\"cniVersion\":\"1.1.0\",\"name\":\"demo\",\"type\":\"tapswitch\",\"socket\":\"$sock\"}"
+cni() {
+	CNI_COMMAND="$1" CNI_CONTAINERID="$cni_id" CNI_NETNS="/var/run/netns/$(ns d)" CNI_IFNAME=eth0 \
+		CNI_PATH="$BIN" CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=demo-d" \
+		"$BIN/tapswitch" <<<"$cni_conf"
+}
 
 cleanup() {
 	status=$?
@@ -39,10 +49,11 @@ cleanup() {
 	for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
 	if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
 		for p in "${pods[@]}"; do ctl pod del --id "demo-$p" >/dev/null 2>&1 || true; done
+		cni DEL >/dev/null 2>&1 || true
 		kill -TERM "$daemon_pid" 2>/dev/null || true
 		wait "$daemon_pid" 2>/dev/null || true
 	fi
-	for p in "${pods[@]}" world; do ip netns del "$(ns "$p")" 2>/dev/null || true; done
+	for p in "${pods[@]}" d world; do ip netns del "$(ns "$p")" 2>/dev/null || true; done
 	ip link del "$world_veth" 2>/dev/null || true
 	# The host port persists across daemon restarts, like the pods' TAPs;
 	# the demo's daemon is gone for good, so its tsw0 goes too.
@@ -146,6 +157,24 @@ step "forwarding database"
 ctl fdb
 step "counters"
 ctl stats
+
+step "pod d attached by the CNI plugin (bin/tapswitch), as containerd or CRI-O runs it: ADD"
+ip netns add "$(ns d)"
+result=$(cni ADD)
+echo "$result"
+ctl pods
+step "CNI CHECK with that result as prevResult, and STATUS (exit code 0: as attached, ready)"
+cni_conf=$(python3 -c 'import json,sys; c=json.loads(sys.argv[1]); c["prevResult"]=json.loads(sys.argv[2]); print(json.dumps(c))' "$cni_conf" "$result")
+cni CHECK
+echo "CHECK: as attached"
+CNI_COMMAND=STATUS CNI_PATH="$BIN" "$BIN/tapswitch" <<<"$cni_conf"
+echo "STATUS: ready"
+step "pod d pings pod a (${ip[a]})"
+ip netns exec "$(ns d)" ping -c 3 -i 0.2 "${ip[a]}" | tail -2
+step "CNI DEL, twice (the second finds nothing and succeeds, as the spec asks)"
+cni DEL
+cni DEL
+echo "DEL: ok, ok"
 
 step "deleting pod c"
 ctl pod del --id demo-c
