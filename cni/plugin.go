@@ -189,6 +189,10 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrUnknownContainer, "no such attachment",
 			fmt.Sprintf("tapswitchd has no pod %s (container %s, interface %s)", id, args.ContainerID, args.IfName))
 	}
+	var ae *daemon.APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+		return types.NewError(ErrCheckFailed, "the attachment differs from what tapswitchd made", ae.Message)
+	}
 	if err != nil {
 		return daemonError("check the pod", err)
 	}
