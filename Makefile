@@ -11,8 +11,9 @@
 #   fuzz         a longer session of every fuzz target
 #   deps         the Debian packages demo, test and bench run, when missing
 #   cni-tools    cnitool and the reference plugins portmap, tuning,
-#                bandwidth, loopback at pinned versions into bin/cni-tools
-#                (for the tests; nothing goes on the PATH)
+#                bandwidth, loopback, bridge, host-local at pinned versions
+#                into bin/cni-tools (for the tests and the bench's CNI
+#                latency rows; nothing goes on the PATH)
 #   install      binaries and, when asked, the conflist and the systemd unit
 #   clean        remove bin/
 #   help         this text
@@ -80,10 +81,10 @@ demo: build deps
 # bench-short is the CI mode (1 round, 2 s per test), bench-scale the
 # figures at 200 pods (bench/results/scale.json).
 BENCH_FLAGS ?=
-bench: build deps
+bench: build deps cni-tools
 	$(GO) run ./bench -go $(GO) $(BENCH_FLAGS)
 
-bench-short: build deps
+bench-short: build deps cni-tools
 	$(GO) run ./bench -go $(GO) -short $(BENCH_FLAGS)
 
 bench-scale: build
@@ -108,7 +109,7 @@ deps:
 CNITOOL_VERSION     := v1.3.1
 CNI_PLUGINS_VERSION := v1.10.0
 CNI_TOOLS_DIR       := $(abspath $(BIN))/cni-tools
-CNI_TOOLS           := cnitool portmap tuning bandwidth loopback
+CNI_TOOLS           := cnitool portmap tuning bandwidth loopback bridge host-local
 CNI_TOOLS_STAMP     := cnitool@$(CNITOOL_VERSION) plugins@$(CNI_PLUGINS_VERSION)
 cni-tools:
 	@current=yes; \
@@ -122,7 +123,9 @@ cni-tools:
 		github.com/containernetworking/plugins/plugins/meta/portmap@$(CNI_PLUGINS_VERSION) \
 		github.com/containernetworking/plugins/plugins/meta/tuning@$(CNI_PLUGINS_VERSION) \
 		github.com/containernetworking/plugins/plugins/meta/bandwidth@$(CNI_PLUGINS_VERSION) \
-		github.com/containernetworking/plugins/plugins/main/loopback@$(CNI_PLUGINS_VERSION) && \
+		github.com/containernetworking/plugins/plugins/main/loopback@$(CNI_PLUGINS_VERSION) \
+		github.com/containernetworking/plugins/plugins/main/bridge@$(CNI_PLUGINS_VERSION) \
+		github.com/containernetworking/plugins/plugins/ipam/host-local@$(CNI_PLUGINS_VERSION) && \
 	echo "$(CNI_TOOLS_STAMP)" > $(CNI_TOOLS_DIR)/.versions
 
 # Binaries always; the conflist only with CNI_CONF=1 (it changes which

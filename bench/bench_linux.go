@@ -21,6 +21,9 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 			return fmt.Errorf("%s not found (make deps installs it): %w", tool, err)
 		}
 	}
+	if err := checkCNITools(opts); err != nil {
+		return err
+	}
 	cl := new(cleanups)
 	defer func() { err = finish(ctx, w, cl, err) }()
 
@@ -66,7 +69,15 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	}
 	progress(w, "measured in %s", time.Since(start).Round(time.Second))
 
-	res := newResults(kernel, tsw, e, opts)
+	// After the rounds: the CNI pods come and go while nothing else is
+	// measured, so the traffic figures never see them.
+	progress(w, "CNI: %d pods per variant attached one after another, then deleted, through the plugins run in the node namespaces", opts.cniPods)
+	cni, err := measureCNI(ctx, w, cl, opts, kernel.outside.node.ns, tsw.outside.node.ns, tsw.daemon.socket)
+	if err != nil {
+		return err
+	}
+
+	res := newResults(kernel, tsw, e, opts, cni)
 	printTable(w, res)
 	if err := writeJSON(opts.out, res); err != nil {
 		return err

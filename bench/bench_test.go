@@ -25,13 +25,14 @@ func TestShortBench(t *testing.T) {
 	testutil.RequireRoot(t)
 	requireTool(t, "iperf3")
 	requireTool(t, "iptables")
+	tools := requireCNITools(t)
 	bin := buildBinaries(t)
 	testutil.CheckGoroutines(t)
 	out := filepath.Join(t.TempDir(), "latest.json")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := run(ctx, []string{"-short", "-bin", bin, "-out", out}, &testLog{t: t}); err != nil {
+	if err := run(ctx, []string{"-short", "-bin", bin, "-cni-tools", tools, "-out", out}, &testLog{t: t}); err != nil {
 		t.Fatalf("bench -short: %v", err)
 	}
 	checkNothingLeft(t)
@@ -43,7 +44,8 @@ func TestShortBench(t *testing.T) {
 	}
 	readJSON(t, out, &res)
 	common := []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rtt_us", "rr_us", "cpu_s_per_gb",
-		"egress_tcp_gbps", "egress_cpu_s_per_gb", "egress_rr_us", "node_tcp_gbps"}
+		"egress_tcp_gbps", "egress_cpu_s_per_gb", "egress_rr_us", "node_tcp_gbps",
+		"cni_add_p50_ms", "cni_add_p99_ms", "cni_add_max_ms", "cni_del_p50_ms", "cni_del_p99_ms", "cni_del_max_ms"}
 	for _, name := range []string{"kernel", "tapswitch"} {
 		v, ok := res.Variants[name]
 		if !ok {
@@ -58,6 +60,33 @@ func TestShortBench(t *testing.T) {
 			t.Errorf("meta.%s = %v, want it set", key, res.Meta[key])
 		}
 	}
+	var cni struct {
+		Meta struct {
+			CNI cniRun `json:"cni"`
+		} `json:"meta"`
+	}
+	readJSON(t, out, &cni)
+	if c := cni.Meta.CNI; c.Pods != 20 || c.Variants["kernel"].Add.Samples != 20 || c.Variants["tapswitch"].Del.Samples != 20 {
+		t.Errorf("meta.cni = %+v, want 20 pods and 20 samples per call and variant", c)
+	}
+}
+
+// requireCNITools returns the absolute path of the repository's
+// bin/cni-tools when the reference plugins the CNI figures run are there;
+// else it skips the test, or fails it in CI (make cni-tools).
+func requireCNITools(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs(filepath.Join("..", "bin", "cni-tools"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkReferencePlugins(dir); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%v", err)
+		}
+		t.Skipf("%v", err)
+	}
+	return dir
 }
 
 func TestShortScale(t *testing.T) {
@@ -102,12 +131,12 @@ func requireTool(t *testing.T, name string) {
 	}
 }
 
-// buildBinaries builds tapswitchd and tapswitchctl into a temporary folder
-// and returns it.
+// buildBinaries builds tapswitchd, tapswitchctl and the CNI plugin
+// tapswitch into a temporary folder and returns it.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "tapswitch/cmd/tapswitchd", "tapswitch/cmd/tapswitchctl", "tapswitch/cmd/tapswitch")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build binaries: %v\n%s", err, out)
 	}

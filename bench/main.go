@@ -22,7 +22,13 @@
 // tapswitch: the netstack gateway) with its CPU per GB, UDP
 // request/response pod → world p50, and iperf3 TCP pod → node (the bridge's
 // address; tapswitch's host port). Every figure is taken -rounds times
-// and the median reported. It prints one table with the ratio
+// and the median reported. Then the CNI figures (cni_linux.go): -cni-pods
+// pods per variant attached one after another and deleted one after
+// another through the real plugin binaries, run by libcni inside the node
+// namespaces (kernel: the reference bridge plugin with host-local, from
+// -cni-tools; tapswitch: bin/tapswitch against the bench's tapswitchd),
+// with the p50, p99 and max of the ADD and the DEL times. -only cni takes
+// just those. It prints one table with the ratio
 // tapswitch/kernel of each figure and writes -out (bench/results/latest.json).
 //
 // With -scale it measures one daemon (in a node namespace too) with -pods
@@ -64,6 +70,9 @@ type options struct {
 	fdbTime   string
 	scaleOut  string
 	short     bool
+	cniTools  string // folder of the reference CNI plugins
+	cniPods   int    // pods attached per variant for the CNI figures
+	only      string // "cni": only the CNI figures
 }
 
 func main() {
@@ -87,8 +96,11 @@ func run(ctx context.Context, args []string, w io.Writer) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("run as root: the benchmark creates network namespaces and devices")
 	}
-	if opts.scale {
+	switch {
+	case opts.scale:
 		return runScale(ctx, opts, w)
+	case opts.only == "cni":
+		return runCNIOnly(ctx, opts, w)
 	}
 	return runBench(ctx, opts, w)
 }
@@ -110,7 +122,10 @@ func parseFlags(args []string, w io.Writer) (options, error) {
 	fs.IntVar(&o.floodRate, "flood-rate", 1000, "broadcast frames per second in -scale's flood test")
 	fs.StringVar(&o.fdbTime, "fdb-benchtime", "1s", "-benchtime of -scale's FDB lookup benchmark")
 	fs.StringVar(&o.scaleOut, "scale-out", "bench/results/scale.json", "`file` the -scale results are written to")
-	fs.BoolVar(&o.short, "short", false, "CI mode: 1 round, 2 s per test, fewer pings, exchanges and floods (explicit flags still win)")
+	fs.StringVar(&o.cniTools, "cni-tools", "bin/cni-tools", "`dir`ectory holding the reference CNI plugins bridge and host-local (make cni-tools)")
+	fs.IntVar(&o.cniPods, "cni-pods", 100, "pods attached one after another, then deleted, per variant for the CNI ADD and DEL figures")
+	fs.StringVar(&o.only, "only", "", "run only part of the bench: cni (the CNI figures; prints them, writes no file)")
+	fs.BoolVar(&o.short, "short", false, "CI mode: 1 round, 2 s per test, fewer pings, exchanges, floods and CNI pods (explicit flags still win)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -131,6 +146,7 @@ func parseFlags(args []string, w io.Writer) (options, error) {
 		shorten("rr", func() { o.rrs = 500 })
 		shorten("floods", func() { o.floods = 1000 })
 		shorten("fdb-benchtime", func() { o.fdbTime = "100ms" })
+		shorten("cni-pods", func() { o.cniPods = 20 })
 	}
 	switch {
 	case o.rounds < 1:
@@ -143,6 +159,12 @@ func parseFlags(args []string, w io.Writer) (options, error) {
 		return o, fmt.Errorf("-pods %d: want 2 to 500 (the scale pod cidr is a /23)", o.pods)
 	case o.floods < 1 || o.floodRate < 1:
 		return o, fmt.Errorf("-floods %d, -flood-rate %d: want at least 1 each", o.floods, o.floodRate)
+	case o.cniPods < 2 || o.cniPods > cniPodsMax:
+		return o, fmt.Errorf("-cni-pods %d: want 2 to %d (the CNI pod subnets are /24s)", o.cniPods, cniPodsMax)
+	case o.only != "" && o.only != "cni":
+		return o, fmt.Errorf("-only %q: want cni", o.only)
+	case o.only != "" && o.scale:
+		return o, fmt.Errorf("-only and -scale: pick one")
 	}
 	return o, nil
 }

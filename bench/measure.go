@@ -33,6 +33,24 @@ var figures = []figure{
 	{"egress_cpu_s_per_gb", "machine CPU, pod → world, s/GB", "%.2f", true},
 	{"egress_rr_us", "UDP req/resp pod → world p50, µs", "%.1f", true},
 	{"node_tcp_gbps", "TCP pod → node, Gbit/s", "%.2f", false},
+	// The CNI figures are of -cni-pods calls, not medians of rounds.
+	{"cni_add_p50_ms", "CNI ADD p50, ms", "%.1f", true},
+	{"cni_add_p99_ms", "CNI ADD p99, ms", "%.1f", true},
+	{"cni_add_max_ms", "CNI ADD max, ms", "%.1f", true},
+	{"cni_del_p50_ms", "CNI DEL p50, ms", "%.1f", true},
+	{"cni_del_p99_ms", "CNI DEL p99, ms", "%.1f", true},
+	{"cni_del_max_ms", "CNI DEL max, ms", "%.1f", true},
+}
+
+// cniFigureList returns the CNI figures of figures, in order.
+func cniFigureList() []figure {
+	var out []figure
+	for _, f := range figures {
+		if strings.HasPrefix(f.key, "cni_") {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // variant is one two-pod set-up under test and what was measured on it.

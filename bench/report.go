@@ -36,6 +36,9 @@ type resultsMeta struct {
 	LowerIsBetter []string                        `json:"lower_is_better"`
 	Notes         []string                        `json:"notes"`
 	Samples       map[string]map[string][]float64 `json:"samples"` // variant → figure → rounds
+	// CNI is how the cni_* figures were taken, with each variant's
+	// ADD and DEL summaries.
+	CNI cniRun `json:"cni"`
 }
 
 var resultNotes = []string{
@@ -47,10 +50,12 @@ var resultNotes = []string{
 	"egress_*: a pod to a server in a world namespace behind a veth from the node namespace, which has no route back to the pods; kernel: another node namespace with a bridge holding the pods' gateway address, ip_forward and iptables MASQUERADE out of the world veth (all inside that namespace); tapswitch: tapswitchd runs in its node namespace, its gateway ends the pod's TCP and UDP and a node socket carries them on",
 	"egress_tcp_gbps and node_tcp_gbps: iperf3, 1 stream; egress_cpu_s_per_gb: the machine's busy CPU during the egress TCP test per GB received; egress_rr_us: 32-byte UDP request and echo pod → world, one at a time, p50",
 	"node_tcp_gbps: a pod to a server in the node namespace on the node's address in the pod network: kernel, the bridge's address (br0); tapswitch, the host port tsw0, the last usable address of the pod cidr",
+	"cni_*_ms: CNI ADD and DEL latency, p50, p99 and max of meta.cni.pods calls, not medians of rounds: after the rounds, that many pods per variant, each a fresh netns made beforehand, attached one after another with libcni AddNetworkList and then deleted one after another with DelNetworkList (conflist cniVersion 1.0.0, one plugin); each time is one plugin process from start to exit, started inside the variant's node namespace (no ip netns exec in between); kernel: the reference bridge plugin (isGateway, no ipMasq) with host-local IPAM, versions in meta.cni.plugins; tapswitch: bin/tapswitch asking the bench's tapswitchd",
 }
 
-// newResults gathers the medians, ratios and meta of a finished run.
-func newResults(kernel, tsw *variant, e env, opts options) results {
+// newResults gathers the medians, the CNI figures, the ratios and meta of
+// a finished run.
+func newResults(kernel, tsw *variant, e env, opts options, cni cniRun) results {
 	res := results{
 		Variants: map[string]map[string]float64{kernel.name: kernel.medians(), tsw.name: tsw.medians()},
 		Ratios:   make(map[string]float64),
@@ -64,7 +69,11 @@ func newResults(kernel, tsw *variant, e env, opts options) results {
 			TapswitchPods: tsw.attached,
 			Notes:         resultNotes,
 			Samples:       map[string]map[string][]float64{kernel.name: kernel.samples, tsw.name: tsw.samples},
+			CNI:           cni,
 		},
+	}
+	for name, lat := range cni.Variants {
+		maps.Copy(res.Variants[name], lat.figures())
 	}
 	k, t := res.Variants[kernel.name], res.Variants[tsw.name]
 	for _, f := range figures {
@@ -112,8 +121,17 @@ func formatOffloads(m map[string]string) string {
 // printTable prints one row per figure: the medians of both variants and
 // the ratio tapswitch/kernel.
 func printTable(w io.Writer, res results) {
+	fmt.Fprintf(w, "\nmedians of %d round(s), %s per iperf3 test; CNI figures of %d pods per variant\n", res.Meta.Rounds, res.Meta.Duration, res.Meta.CNI.Pods)
+	printRows(w, res, figures)
+	fmt.Fprintln(w, "cpu: whole machine's busy CPU for both; switch process: tapswitchd only (the kernel bridge has none)")
+	fmt.Fprintln(w, "pod → world: kernel routing + iptables MASQUERADE in a node namespace against tapswitchd's netstack gateway; pod → node: bridge address against the host port tsw0")
+	fmt.Fprintln(w, "CNI: each pod a fresh netns, ADDs one after another then DELs, one plugin process each, run in the node namespace; kernel: bridge + host-local, tapswitch: bin/tapswitch")
+}
+
+// printRows prints a header and the row of each of figs: both variants'
+// values and the ratio tapswitch/kernel.
+func printRows(w io.Writer, res results, figs []figure) {
 	k, t := res.Variants["kernel"], res.Variants["tapswitch"]
-	fmt.Fprintf(w, "\nmedians of %d round(s), %s per iperf3 test\n", res.Meta.Rounds, res.Meta.Duration)
 	const row = "%-32s %10s %10s %17s  %s\n"
 	fmt.Fprintf(w, row, "figure", "kernel", "tapswitch", "tapswitch/kernel", "better")
 	cell := func(m map[string]float64, f figure) string {
@@ -122,7 +140,7 @@ func printTable(w io.Writer, res results) {
 		}
 		return "-"
 	}
-	for _, f := range figures {
+	for _, f := range figs {
 		ratio := "-"
 		if r, ok := res.Ratios[f.key]; ok {
 			ratio = fmt.Sprintf("%.2f", r)
@@ -133,8 +151,6 @@ func printTable(w io.Writer, res results) {
 		}
 		fmt.Fprintf(w, row, f.label, cell(k, f), cell(t, f), ratio, better)
 	}
-	fmt.Fprintln(w, "cpu: whole machine's busy CPU for both; switch process: tapswitchd only (the kernel bridge has none)")
-	fmt.Fprintln(w, "pod → world: kernel routing + iptables MASQUERADE in a node namespace against tapswitchd's netstack gateway; pod → node: bridge address against the host port tsw0")
 }
 
 // writeJSON writes v, indented, to file through a temporary file in the

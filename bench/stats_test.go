@@ -81,7 +81,7 @@ func TestNewResultsRatios(t *testing.T) {
 	k.add("rtt_us", 10)
 	ts.add("rtt_us", 25)
 	ts.add("switch_cpu_s_per_gb", 0.3)
-	res := newResults(k, ts, env{}, options{rounds: 3, duration: time.Second})
+	res := newResults(k, ts, env{}, options{rounds: 3, duration: time.Second}, cniRun{})
 	if got := res.Ratios["tcp1_gbps"]; got != 0.5 {
 		t.Errorf("ratio tcp1_gbps = %v, want 0.5 (medians 5.5/11)", got)
 	}
