@@ -16,7 +16,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // The CNI figures: opts.cniPods pods per variant, each a fresh network
@@ -267,7 +267,7 @@ func newTapswitchCNI(ctx context.Context, cl *cleanups, w io.Writer, opts option
 	if err != nil {
 		return nil, err
 	}
-	c := daemon.NewClient(socket)
+	c := api.NewClient(socket)
 	v.check = func(ctx context.Context) error { return daemonHasNone(ctx, c, nsPrefix()+"t-cni") }
 	return v, nil
 }
@@ -418,7 +418,7 @@ func hostLocalEmpty(dir string) error {
 
 // daemonHasNone checks that the daemon holds no pod whose container ID
 // starts with prefix.
-func daemonHasNone(ctx context.Context, c *daemon.Client, prefix string) error {
+func daemonHasNone(ctx context.Context, c *api.Client, prefix string) error {
 	pods, err := c.Pods(ctx)
 	if err != nil {
 		return fmt.Errorf("tapswitchd pods: %w", err)

@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // daemonProc is a tapswitchd the harness started, with its own socket,
@@ -181,7 +181,7 @@ func (d *daemonProc) drops(ctx context.Context) (map[string]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	var st daemon.Stats
+	var st api.Stats
 	if err := json.Unmarshal(out, &st); err != nil {
 		return nil, fmt.Errorf("tapswitchctl stats: decode: %w", err)
 	}

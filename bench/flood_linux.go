@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 )
 
@@ -53,7 +54,7 @@ var daemonPorts = []string{"netstack", daemon.DefaultHostPort}
 // each to every other port. It measures only if every port of the switch
 // is one of pods or one of daemonPorts, so the broadcasts reach nothing
 // but the harness's own namespaces; otherwise it says why in Skipped.
-func measureFlood(ctx context.Context, c *daemon.Client, pid int, pods []daemon.Pod, n, rate int) (floodResult, error) {
+func measureFlood(ctx context.Context, c *api.Client, pid int, pods []api.Pod, n, rate int) (floodResult, error) {
 	var res floodResult
 	ours := make(map[string]bool, len(pods)+len(daemonPorts))
 	for _, p := range pods {
@@ -135,7 +136,7 @@ func measureFlood(ctx context.Context, c *daemon.Client, pid int, pods []daemon.
 
 // broadcastSocket returns a UDP socket inside p's namespace that may send
 // to the broadcast address of p's subnet, and that address.
-func broadcastSocket(p daemon.Pod) (int, unix.Sockaddr, error) {
+func broadcastSocket(p api.Pod) (int, unix.Sockaddr, error) {
 	if len(p.IPs) == 0 || !p.IPs[0].Addr().Is4() {
 		return -1, nil, fmt.Errorf("flood: pod %s has no IPv4 address", p.ID)
 	}
@@ -172,7 +173,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // solicitations and MLD reports for a while, which the switch floods to
 // every port too and which would blur the figure. The pods' attaches were
 // measured before, with IPv6 on, as a real pod has it.
-func quietPods(ctx context.Context, c *daemon.Client, pods []daemon.Pod) error {
+func quietPods(ctx context.Context, c *api.Client, pods []api.Pod) error {
 	for _, p := range pods {
 		ns := filepath.Base(p.NetNS)
 		// Written by a shell inside the pod's namespace: /proc/sys/net is
@@ -193,7 +194,7 @@ func quietPods(ctx context.Context, c *daemon.Client, pods []daemon.Pod) error {
 
 // measureIdle sets res's idle rates: the daemon's CPU time and the frames
 // the switch writes per second over one second while nothing is sent.
-func measureIdle(ctx context.Context, c *daemon.Client, pid int, res *floodResult) error {
+func measureIdle(ctx context.Context, c *api.Client, pid int, res *floodResult) error {
 	const d = time.Second
 	st0, err := c.Stats(ctx)
 	if err != nil {
@@ -224,7 +225,7 @@ var errNotQuiet = errors.New("flood: the switch's counters did not settle in 30s
 // waitQuiet polls the switch's counters until the frames received from the
 // port named sender, or from every port if sender is "", stop growing. It
 // returns the last snapshot and when they last grew.
-func waitQuiet(ctx context.Context, c *daemon.Client, sender string) (daemon.Stats, time.Time, error) {
+func waitQuiet(ctx context.Context, c *api.Client, sender string) (api.Stats, time.Time, error) {
 	var last uint64
 	lastChange := time.Now()
 	deadline := lastChange.Add(30 * time.Second)
@@ -252,7 +253,7 @@ func waitQuiet(ctx context.Context, c *daemon.Client, sender string) (daemon.Sta
 
 // received returns the frames received from the named port, or from all
 // ports if name is "".
-func received(st daemon.Stats, name string) uint64 {
+func received(st api.Stats, name string) uint64 {
 	var n uint64
 	for _, ps := range st.Ports {
 		if name == "" || ps.Name == name {
@@ -265,7 +266,7 @@ func received(st daemon.Stats, name string) uint64 {
 // floodCounts returns, between two snapshots, the frames read from the
 // sender's port, the frames written to the other ports and the drops of
 // all ports.
-func floodCounts(before, after daemon.Stats, sender string) (rx, copies, drops uint64) {
+func floodCounts(before, after api.Stats, sender string) (rx, copies, drops uint64) {
 	prev := make(map[string][3]uint64, len(before.Ports))
 	for _, ps := range before.Ports {
 		prev[ps.Name] = [3]uint64{ps.RxFrames, ps.TxFrames, ps.TotalDrops()}

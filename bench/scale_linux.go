@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"time"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // scaleSubnet is the scale run's pod cidr: a /23 holds 500 pods besides
@@ -99,18 +99,18 @@ func measurePods(ctx context.Context, w io.Writer, cl *cleanups, opts options, r
 			return err
 		}
 	}
-	c := daemon.NewClient(d.socket)
+	c := api.NewClient(d.socket)
 	if res.RSSBefore, err = processRSS(d.pid()); err != nil {
 		return err
 	}
 
 	progress(w, "attaching %d pods one after another", opts.pods)
-	attached := make([]daemon.Pod, 0, opts.pods)
+	attached := make([]api.Pod, 0, opts.pods)
 	cl.add("scale pods", func() error { return deletePods(c, attached) })
 	var times []time.Duration
 	for i, path := range paths {
 		start := time.Now()
-		p, err := c.AddPod(ctx, daemon.PodRequest{ID: fmt.Sprintf("%ss%03d", nsPrefix(), i), NetNS: path})
+		p, err := c.AddPod(ctx, api.PodRequest{ID: fmt.Sprintf("%ss%03d", nsPrefix(), i), NetNS: path})
 		if err != nil {
 			return fmt.Errorf("attach pod %d: %w", i, err)
 		}
@@ -144,7 +144,7 @@ func measurePods(ctx context.Context, w io.Writer, cl *cleanups, opts options, r
 }
 
 // deletePods detaches pods still attached when a run ends early.
-func deletePods(c *daemon.Client, pods []daemon.Pod) error {
+func deletePods(c *api.Client, pods []api.Pod) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, p := range pods {

@@ -13,7 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	vswitch "tapswitch/switch"
 )
 
@@ -26,7 +26,7 @@ import (
 // There is no "ipam" section: the daemon hands out the addresses.
 type NetConf struct {
 	types.PluginConf
-	// Socket is tapswitchd's API socket (default daemon.DefaultSocket).
+	// Socket is tapswitchd's API socket (default api.DefaultSocket).
 	Socket        string        `json:"socket,omitempty"`
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 }
@@ -61,11 +61,11 @@ func parseConfig(stdin []byte) (*NetConf, error) {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", `"name" is missing`)
 	}
 	if conf.Socket == "" {
-		conf.Socket = daemon.DefaultSocket
+		conf.Socket = api.DefaultSocket
 	}
 	if !filepath.IsAbs(conf.Socket) {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration",
-			fmt.Sprintf(`"socket" %q: want an absolute path such as %s`, conf.Socket, daemon.DefaultSocket))
+			fmt.Sprintf(`"socket" %q: want an absolute path such as %s`, conf.Socket, api.DefaultSocket))
 	}
 	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "cannot decode prevResult", err.Error())
@@ -118,23 +118,23 @@ func parseMAC(s string) (*vswitch.MAC, error) {
 // forwardRequests turns port mappings into the daemon's port forwards for
 // the pod: an empty hostIP listens on every address of each family the
 // pod has (0.0.0.0 and [::]), as the reference portmap plugin does.
-func forwardRequests(podID string, mappings []PortMapping, podIPs []netip.Prefix) ([]daemon.ForwardRequest, error) {
+func forwardRequests(podID string, mappings []PortMapping, podIPs []netip.Prefix) ([]api.ForwardRequest, error) {
 	has := map[bool]bool{} // keyed by Is4
 	for _, p := range podIPs {
 		has[p.Addr().Unmap().Is4()] = true
 	}
-	var out []daemon.ForwardRequest
+	var out []api.ForwardRequest
 	for _, m := range mappings {
 		proto := strings.ToLower(m.Protocol)
 		if proto == "" {
-			proto = daemon.ProtoTCP
+			proto = api.ProtoTCP
 		}
 		bad := func(why string) error {
 			return types.NewError(types.ErrInvalidNetworkConfig, "invalid runtimeConfig.portMappings",
 				fmt.Sprintf("%+v: %s", m, why))
 		}
 		switch {
-		case proto != daemon.ProtoTCP && proto != daemon.ProtoUDP:
+		case proto != api.ProtoTCP && proto != api.ProtoUDP:
 			return nil, bad(fmt.Sprintf("protocol %q: tapswitch forwards tcp and udp", m.Protocol))
 		case m.HostPort < 1 || m.HostPort > 65535:
 			return nil, bad("hostPort must be 1 to 65535")
@@ -161,7 +161,7 @@ func forwardRequests(podID string, mappings []PortMapping, podIPs []netip.Prefix
 			hosts = append(hosts, ip)
 		}
 		for _, h := range hosts {
-			out = append(out, daemon.ForwardRequest{
+			out = append(out, api.ForwardRequest{
 				Listen: netip.AddrPortFrom(h, uint16(m.HostPort)).String(),
 				Proto:  proto,
 				Pod:    podID,

@@ -9,7 +9,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // cniCode returns err's CNI error code, or fails the test.
@@ -27,8 +27,8 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if conf.Socket != daemon.DefaultSocket {
-		t.Errorf("socket = %q, want the default %q", conf.Socket, daemon.DefaultSocket)
+	if conf.Socket != api.DefaultSocket {
+		t.Errorf("socket = %q, want the default %q", conf.Socket, api.DefaultSocket)
 	}
 	conf, err = parseConfig([]byte(`{"cniVersion":"0.4.0","name":"net","type":"tapswitch","socket":"/tmp/s.sock",
 		"runtimeConfig":{"mac":"02:00:00:00:00:01","portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]},
@@ -110,7 +110,7 @@ func TestForwardRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []daemon.ForwardRequest{
+	want := []api.ForwardRequest{
 		{Listen: "0.0.0.0:8080", Proto: "tcp", Pod: "p", Port: 80},
 		{Listen: "[::]:8080", Proto: "tcp", Pod: "p", Port: 80},
 		{Listen: "127.0.0.1:5353", Proto: "udp", Pod: "p", Port: 53},

@@ -15,7 +15,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"golang.org/x/sys/unix"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // Timeouts of one plugin call's talk with the daemon. An ADD creates a TAP
@@ -46,12 +46,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	c := daemon.NewClient(conf.Socket)
+	c := api.NewClient(conf.Socket)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 
 	id := PodID(args.ContainerID, args.IfName)
-	pod, err := c.AddPod(ctx, daemon.PodRequest{
+	pod, err := c.AddPod(ctx, api.PodRequest{
 		ID: id, NetNS: args.Netns, IfName: args.IfName, MAC: mac,
 		ContainerID: args.ContainerID, Network: conf.Name,
 		PodNamespace: string(kargs.K8S_POD_NAMESPACE), PodName: string(kargs.K8S_POD_NAME),
@@ -88,7 +88,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 // sameAttachment reports whether the daemon's pod is the attachment args
 // names: same container, interface and network namespace.
-func sameAttachment(pod daemon.Pod, args *skel.CmdArgs) bool {
+func sameAttachment(pod api.Pod, args *skel.CmdArgs) bool {
 	return pod.ContainerID == args.ContainerID && pod.IfName == args.IfName && sameFile(pod.NetNS, args.Netns)
 }
 
@@ -107,7 +107,7 @@ func sameFile(a, b string) bool {
 
 // ensureForwards makes the pod's port forwards for mappings, keeping the
 // ones that exist already.
-func ensureForwards(ctx context.Context, c *daemon.Client, pod daemon.Pod, mappings []PortMapping) error {
+func ensureForwards(ctx context.Context, c *api.Client, pod api.Pod, mappings []PortMapping) error {
 	if len(mappings) == 0 {
 		return nil
 	}
@@ -120,7 +120,7 @@ func ensureForwards(ctx context.Context, c *daemon.Client, pod daemon.Pod, mappi
 		return daemonError("list port forwards", err)
 	}
 	for _, req := range reqs {
-		exists := slices.ContainsFunc(have, func(fw daemon.Forward) bool {
+		exists := slices.ContainsFunc(have, func(fw api.Forward) bool {
 			return fw.Pod == req.Pod && fw.Proto == req.Proto && fw.Listen.String() == req.Listen && int(fw.Port) == req.Port
 		})
 		if exists {
@@ -142,7 +142,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	c := daemon.NewClient(conf.Socket)
+	c := api.NewClient(conf.Socket)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 
@@ -179,7 +179,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "cannot convert prevResult", err.Error())
 	}
-	c := daemon.NewClient(conf.Socket)
+	c := api.NewClient(conf.Socket)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 
@@ -189,7 +189,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrUnknownContainer, "no such attachment",
 			fmt.Sprintf("tapswitchd has no pod %s (container %s, interface %s)", id, args.ContainerID, args.IfName))
 	}
-	var ae *daemon.APIError
+	var ae *api.APIError
 	if errors.As(err, &ae) && ae.Status == http.StatusConflict {
 		return types.NewError(ErrCheckFailed, "the attachment differs from what tapswitchd made", ae.Message)
 	}
@@ -217,7 +217,7 @@ const ErrCheckFailed uint = 100
 // resultDiffs lists how prevResult's view of the pod's interface differs
 // from the daemon's pod. Interfaces, addresses and routes of chained
 // plugins are allowed.
-func resultDiffs(pod daemon.Pod, prev *types100.Result) []string {
+func resultDiffs(pod api.Pod, prev *types100.Result) []string {
 	idx := -1
 	for i, iface := range prev.Interfaces {
 		if iface.Name == pod.IfName && iface.Sandbox != "" {
@@ -261,11 +261,11 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	c := daemon.NewClient(conf.Socket)
+	c := api.NewClient(conf.Socket)
 	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
 	defer cancel()
 	st, err := c.Status(ctx)
-	if errors.Is(err, daemon.ErrUnavailable) {
+	if errors.Is(err, api.ErrUnavailable) {
 		// Without the daemon no frame moves: the pods it attached are
 		// cut off too.
 		return types.NewError(types.ErrLimitedConnectivity, "tapswitchd is not answering; attached pods have no network", err.Error())
@@ -295,7 +295,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[a] = true
 	}
-	c := daemon.NewClient(conf.Socket)
+	c := api.NewClient(conf.Socket)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	pods, err := c.Pods(ctx)
@@ -319,7 +319,7 @@ func cmdGC(args *skel.CmdArgs) error {
 
 // isStatus reports whether err is the daemon's answer with HTTP status.
 func isStatus(err error, status int) bool {
-	var ae *daemon.APIError
+	var ae *api.APIError
 	return errors.As(err, &ae) && ae.Status == status
 }
 
@@ -329,9 +329,9 @@ func isStatus(err error, status int) bool {
 // as every field the plugin sends comes from the CNI environment or the
 // runtime's arguments, and the daemon's message names it.
 func daemonError(what string, err error) error {
-	var ae *daemon.APIError
+	var ae *api.APIError
 	switch {
-	case errors.Is(err, daemon.ErrUnavailable):
+	case errors.Is(err, api.ErrUnavailable):
 		return types.NewError(types.ErrTryAgainLater, "tapswitchd is not answering; try again later",
 			fmt.Sprintf("%s: %v", what, err))
 	case errors.As(err, &ae) && ae.Status == http.StatusInsufficientStorage:

@@ -9,11 +9,11 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // prevResultOf is the 1.1.0 result the plugin gave for pod.
-func prevResultOf(t *testing.T, pod daemon.Pod) *types100.Result {
+func prevResultOf(t *testing.T, pod api.Pod) *types100.Result {
 	t.Helper()
 	res, err := Result(pod, "1.1.0")
 	if err != nil {
@@ -69,10 +69,10 @@ func TestDaemonError(t *testing.T) {
 		code uint
 		says string
 	}{
-		{fmt.Errorf("%w: no daemon on socket /run/x.sock", daemon.ErrUnavailable), types.ErrTryAgainLater, "/run/x.sock"},
-		{&daemon.APIError{Status: http.StatusInsufficientStorage, Message: "ipam: 10.0.0.0/29: no free address"}, types.ErrTryAgainLater, "no free address"},
-		{&daemon.APIError{Status: http.StatusBadRequest, Message: "invalid request: netns path"}, types.ErrInvalidEnvironmentVariables, "netns path"},
-		{&daemon.APIError{Status: http.StatusConflict, Message: "mac in use"}, types.ErrInternal, "mac in use"},
+		{fmt.Errorf("%w: no daemon on socket /run/x.sock", api.ErrUnavailable), types.ErrTryAgainLater, "/run/x.sock"},
+		{&api.APIError{Status: http.StatusInsufficientStorage, Message: "ipam: 10.0.0.0/29: no free address"}, types.ErrTryAgainLater, "no free address"},
+		{&api.APIError{Status: http.StatusBadRequest, Message: "invalid request: netns path"}, types.ErrInvalidEnvironmentVariables, "netns path"},
+		{&api.APIError{Status: http.StatusConflict, Message: "mac in use"}, types.ErrInternal, "mac in use"},
 		{fmt.Errorf("decode answer"), types.ErrInternal, "decode answer"},
 	}
 	for _, tt := range tests {

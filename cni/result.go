@@ -10,7 +10,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // SupportedVersions are the cniVersions the plugin accepts and answers in.
@@ -25,7 +25,7 @@ var SupportedVersions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0
 // gateway of its family, a default route per family that has a gateway, and
 // the pod's nameservers. An unsupported cniVersion gives a *types.Error with
 // code 1 (incompatible CNI versions), as the spec asks.
-func Result(pod daemon.Pod, cniVersion string) (types.Result, error) {
+func Result(pod api.Pod, cniVersion string) (types.Result, error) {
 	supported := SupportedVersions.SupportedVersions()
 	if !slices.Contains(supported, cniVersion) {
 		return nil, types.NewError(types.ErrIncompatibleCNIVersion,

@@ -11,14 +11,14 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	vswitch "tapswitch/switch"
 )
 
 var testMAC = vswitch.MAC{0x02, 0x54, 0x53, 0x00, 0x00, 0x07}
 
-func v4Pod() daemon.Pod {
-	return daemon.Pod{
+func v4Pod() api.Pod {
+	return api.Pod{
 		ID:       "c0ffee",
 		NetNS:    "/var/run/netns/pod-a",
 		IfName:   "eth0",
@@ -30,7 +30,7 @@ func v4Pod() daemon.Pod {
 	}
 }
 
-func dualPod() daemon.Pod {
+func dualPod() api.Pod {
 	p := v4Pod()
 	p.IPs = append(p.IPs, netip.MustParsePrefix("fd00:88::7/64"))
 	// The IPv6 gateway comes first to check that each IP gets the
@@ -49,7 +49,7 @@ type wantRoute struct{ dst, gw string }
 func TestResult(t *testing.T) {
 	pods := []struct {
 		name   string
-		pod    daemon.Pod
+		pod    api.Pod
 		ips    []wantIP
 		routes []wantRoute
 		dns    []string
@@ -93,7 +93,7 @@ func TestResult(t *testing.T) {
 }
 
 // convert runs Result and returns its JSON, raw and decoded.
-func convert(t *testing.T, pod daemon.Pod, ver string) ([]byte, map[string]any) {
+func convert(t *testing.T, pod api.Pod, ver string) ([]byte, map[string]any) {
 	t.Helper()
 	res, err := Result(pod, ver)
 	if err != nil {
@@ -113,7 +113,7 @@ func convert(t *testing.T, pod daemon.Pod, ver string) ([]byte, map[string]any) 
 	return raw, m
 }
 
-func checkInterfaces(t *testing.T, m map[string]any, ver string, pod daemon.Pod) {
+func checkInterfaces(t *testing.T, m map[string]any, ver string, pod api.Pod) {
 	t.Helper()
 	ifaces, _ := m["interfaces"].([]any)
 	if len(ifaces) != 1 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"tapswitch/daemon/api"
 )
 
 // maxBody bounds a request body; a pod request is a few hundred bytes.
@@ -68,7 +69,7 @@ func (d *Daemon) handler() http.Handler {
 }
 
 // Stats returns the switch's counters.
-func (d *Daemon) Stats() Stats {
+func (d *Daemon) Stats() api.Stats {
 	ports := d.sw.Stats()
 	d.mu.Lock()
 	pods := 0
@@ -78,7 +79,7 @@ func (d *Daemon) Stats() Stats {
 		}
 	}
 	d.mu.Unlock()
-	st := Stats{Pods: pods, Ports: ports}
+	st := api.Stats{Pods: pods, Ports: ports}
 	for _, p := range ports {
 		st.FDBEntries += p.FDBEntries
 	}
@@ -86,7 +87,7 @@ func (d *Daemon) Stats() Stats {
 }
 
 func (d *Daemon) handleAddPod(w http.ResponseWriter, r *http.Request) {
-	var req PodRequest
+	var req api.PodRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
@@ -102,7 +103,7 @@ func (d *Daemon) handleAddPod(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Daemon) handleAddForward(w http.ResponseWriter, r *http.Request) {
-	var req ForwardRequest
+	var req api.ForwardRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
@@ -136,5 +137,5 @@ func writeError(w http.ResponseWriter, err error) {
 	case errors.Is(err, ErrExhausted):
 		status = http.StatusInsufficientStorage
 	}
-	writeJSON(w, status, apiError{Error: err.Error()})
+	writeJSON(w, status, api.ErrorBody{Error: err.Error()})
 }

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"slices"
 	"strings"
 
+	"tapswitch/daemon/api"
 	"tapswitch/tap"
 )
 
@@ -18,10 +18,10 @@ var ErrMismatch = errors.New("pod is not as attached")
 // CheckPod checks that the pod is attached to the switch and that its TAP
 // is in its netns with the MAC, MTU, addresses and default routes the
 // daemon gave it, up. The error lists every difference found.
-func (d *Daemon) CheckPod(id string) (Pod, error) {
+func (d *Daemon) CheckPod(id string) (api.Pod, error) {
 	pod, err := d.PodByID(id)
 	if err != nil {
-		return Pod{}, err
+		return api.Pod{}, err
 	}
 	var diffs []string
 	if pod.PortID == 0 {
@@ -34,7 +34,7 @@ func (d *Daemon) CheckPod(id string) (Pod, error) {
 	case errors.Is(err, tap.ErrNotFound):
 		diffs = append(diffs, fmt.Sprintf("no interface %s in netns %s", pod.IfName, pod.NetNS))
 	case err != nil:
-		return Pod{}, fmt.Errorf("check pod %s: %w", id, err)
+		return api.Pod{}, fmt.Errorf("check pod %s: %w", id, err)
 	default:
 		diffs = append(diffs, linkDiffs(pod, link)...)
 	}
@@ -46,7 +46,7 @@ func (d *Daemon) CheckPod(id string) (Pod, error) {
 
 // linkDiffs lists how link differs from what the daemon made for pod.
 // Other addresses and routes are allowed: a chained plugin may add them.
-func linkDiffs(pod Pod, link tap.Link) []string {
+func linkDiffs(pod api.Pod, link tap.Link) []string {
 	var diffs []string
 	if !link.TAP {
 		diffs = append(diffs, fmt.Sprintf("%s is a %s device, not a multiqueue tap", pod.IfName, link.Kind))
@@ -73,29 +73,14 @@ func linkDiffs(pod Pod, link tap.Link) []string {
 	return diffs
 }
 
-// Status is the answer of GET /v1/status: whether the daemon can attach
-// another pod.
-type Status struct {
-	Pods  int    `json:"pods"`
-	Pools []Pool `json:"pools"`
-}
-
-// Pool is one pod CIDR's addresses: Size usable by pods, Free of them
-// still to lease.
-type Pool struct {
-	CIDR netip.Prefix `json:"cidr"`
-	Size uint64       `json:"size"`
-	Free uint64       `json:"free"`
-}
-
 // Status returns the pools of the pod CIDRs.
-func (d *Daemon) Status() Status {
+func (d *Daemon) Status() api.Status {
 	size4, size6 := d.ipam.Size()
 	free4, free6 := d.ipam.Free()
-	st := Status{Pods: len(d.Pods())}
-	st.Pools = append(st.Pools, Pool{CIDR: d.opts.PodCIDR, Size: size4, Free: free4})
+	st := api.Status{Pods: len(d.Pods())}
+	st.Pools = append(st.Pools, api.Pool{CIDR: d.opts.PodCIDR, Size: size4, Free: free4})
 	if d.opts.PodCIDR6.IsValid() {
-		st.Pools = append(st.Pools, Pool{CIDR: d.opts.PodCIDR6, Size: size6, Free: free6})
+		st.Pools = append(st.Pools, api.Pool{CIDR: d.opts.PodCIDR6, Size: size6, Free: free6})
 	}
 	return st
 }

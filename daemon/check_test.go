@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
 	vswitch "tapswitch/switch"
@@ -19,7 +20,7 @@ func TestCheckPod(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
 	d := newTestDaemon(t, t.TempDir())
-	pod, err := d.AddPod(PodRequest{ID: "chk", NetNS: ns})
+	pod, err := d.AddPod(api.PodRequest{ID: "chk", NetNS: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestAddPodMAC(t *testing.T) {
 	ns1, ns2 := testutil.NewNetNS(t), testutil.NewNetNS(t)
 	d := newTestDaemon(t, t.TempDir())
 	mac := vswitch.MAC{0x02, 0xaa, 0, 0, 0, 1}
-	pod, err := d.AddPod(PodRequest{ID: "m1", NetNS: ns1, MAC: &mac})
+	pod, err := d.AddPod(api.PodRequest{ID: "m1", NetNS: ns1, MAC: &mac})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +95,7 @@ func TestAddPodMAC(t *testing.T) {
 		t.Errorf("CheckPod: %v", err)
 	}
 	for _, m := range []vswitch.MAC{mac, gatewayMAC()} {
-		_, err = d.AddPod(PodRequest{ID: "m2", NetNS: ns2, MAC: &m})
+		_, err = d.AddPod(api.PodRequest{ID: "m2", NetNS: ns2, MAC: &m})
 		if !errors.Is(err, ErrConflict) {
 			t.Errorf("AddPod with mac %s = %v, want ErrConflict", m, err)
 		}

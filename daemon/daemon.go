@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"tapswitch/daemon/api"
 	"tapswitch/ipam"
 	"tapswitch/netstack"
 	vswitch "tapswitch/switch"
@@ -23,7 +24,6 @@ import (
 const (
 	DefaultPodCIDR  = "10.244.0.0/24"
 	DefaultStateDir = "/var/lib/tapswitch"
-	DefaultSocket   = "/run/tapswitch/tapswitchd.sock"
 	DefaultMTU      = 1500
 )
 
@@ -89,7 +89,7 @@ type Daemon struct {
 
 // podEntry is a pod in the registry.
 type podEntry struct {
-	Pod
+	api.Pod
 	state podState
 }
 
@@ -113,7 +113,7 @@ func New(opts Options) (*Daemon, error) {
 		opts.StateDir = DefaultStateDir
 	}
 	if opts.Socket == "" {
-		opts.Socket = DefaultSocket
+		opts.Socket = api.DefaultSocket
 	}
 	if opts.MTU == 0 {
 		opts.MTU = DefaultMTU

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"tapswitch/daemon/api"
 	"time"
 )
 
@@ -51,7 +52,7 @@ type podDialer interface {
 // socket; every connection and flow closes its sockets when ctx ends, so
 // nothing stays blocked.
 type forwarder struct {
-	fw          Forward // Error is guarded by Daemon.mu; the rest is fixed
+	fw          api.Forward // Error is guarded by Daemon.mu; the rest is fixed
 	dial        podDialer
 	log         *slog.Logger
 	dialTimeout time.Duration
@@ -92,11 +93,11 @@ type udpFlow struct {
 }
 
 // newForwarder returns a forwarder for fw that is not listening yet.
-func (d *Daemon) newForwarder(fw Forward) *forwarder {
+func (d *Daemon) newForwarder(fw api.Forward) *forwarder {
 	f := &forwarder{
 		fw:          fw,
 		dial:        d.gw,
-		log:         d.log.With("forward", fw.key().String(), "pod", fw.Pod),
+		log:         d.log.With("forward", keyOf(fw).String(), "pod", fw.Pod),
 		dialTimeout: d.opts.DialTimeout,
 		udpIdle:     d.opts.UDPIdleTimeout,
 		epoch:       time.Now(),
@@ -124,14 +125,14 @@ func (f *forwarder) start() error {
 		network = f.fw.Proto + "6"
 	}
 	switch f.fw.Proto {
-	case ProtoTCP:
+	case api.ProtoTCP:
 		ln, err := net.Listen(network, f.fw.Listen.String())
 		if err != nil {
 			return listenError(err)
 		}
 		f.ln = ln
 		f.wg.Go(f.acceptLoop)
-	case ProtoUDP:
+	case api.ProtoUDP:
 		pc, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(f.fw.Listen))
 		if err != nil {
 			return listenError(err)
@@ -371,14 +372,14 @@ func (f *forwarder) endFlow(fl *udpFlow) {
 
 // forwardStats is a snapshot of one forward's counters.
 type forwardStats struct {
-	Forward
+	api.Forward
 	conns, dialErrors, drops uint64
 	active                   int // open TCP connections or UDP flows
 }
 
 func (f *forwarder) stats() forwardStats {
 	st := forwardStats{Forward: f.fw, conns: f.conns.Load(), dialErrors: f.dialErrors.Load(), drops: f.drops.Load()}
-	if f.fw.Proto == ProtoTCP {
+	if f.fw.Proto == api.ProtoTCP {
 		st.active = len(f.slots)
 	} else {
 		f.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"tapswitch/daemon/api"
 	"time"
 )
 
@@ -31,14 +32,15 @@ type forwardKey struct {
 
 func (k forwardKey) String() string { return k.proto + " " + k.listen.String() }
 
-func (fw Forward) key() forwardKey { return forwardKey{proto: fw.Proto, listen: fw.Listen} }
+// keyOf is the key that names fw.
+func keyOf(fw api.Forward) forwardKey { return forwardKey{proto: fw.Proto, listen: fw.Listen} }
 
 // parseForwardKey checks a protocol and listen address as given by a user.
 func parseForwardKey(proto, listen string) (forwardKey, error) {
 	if proto == "" {
-		proto = ProtoTCP
+		proto = api.ProtoTCP
 	}
-	if proto != ProtoTCP && proto != ProtoUDP {
+	if proto != api.ProtoTCP && proto != api.ProtoUDP {
 		return forwardKey{}, fmt.Errorf("%w: proto %q: want tcp or udp", ErrInvalid, proto)
 	}
 	ap, err := netip.ParseAddrPort(listen)
@@ -68,23 +70,23 @@ func (k forwardKey) valid() error {
 
 // parseForwardRequest checks a request and returns the forward it asks
 // for, without Target and Created.
-func parseForwardRequest(req ForwardRequest) (Forward, error) {
+func parseForwardRequest(req api.ForwardRequest) (api.Forward, error) {
 	k, err := parseForwardKey(req.Proto, req.Listen)
 	if err != nil {
-		return Forward{}, err
+		return api.Forward{}, err
 	}
 	if !validID.MatchString(req.Pod) {
-		return Forward{}, fmt.Errorf("%w: pod id %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.Pod)
+		return api.Forward{}, fmt.Errorf("%w: pod id %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.Pod)
 	}
 	if req.Port < 1 || req.Port > 65535 {
-		return Forward{}, fmt.Errorf("%w: pod port %d: want 1 to 65535", ErrInvalid, req.Port)
+		return api.Forward{}, fmt.Errorf("%w: pod port %d: want 1 to 65535", ErrInvalid, req.Port)
 	}
-	return Forward{Listen: k.listen, Proto: k.proto, Pod: req.Pod, Port: uint16(req.Port)}, nil
+	return api.Forward{Listen: k.listen, Proto: k.proto, Pod: req.Pod, Port: uint16(req.Port)}, nil
 }
 
 // podTarget is the pod's address of the listen address's family, with
 // port.
-func podTarget(pod Pod, listen netip.AddrPort, port uint16) (netip.AddrPort, error) {
+func podTarget(pod api.Pod, listen netip.AddrPort, port uint16) (netip.AddrPort, error) {
 	want6 := listen.Addr().Is6()
 	for _, p := range pod.IPs {
 		if p.Addr().Is6() == want6 {
@@ -101,37 +103,37 @@ func podTarget(pod Pod, listen netip.AddrPort, port uint16) (netip.AddrPort, err
 // AddForward listens on req.Listen and forwards what comes in to req.Port
 // of the pod req.Pod. On any failure nothing of it is left: no listener,
 // nothing on disk.
-func (d *Daemon) AddForward(req ForwardRequest) (Forward, error) {
+func (d *Daemon) AddForward(req api.ForwardRequest) (api.Forward, error) {
 	fw, err := parseForwardRequest(req)
 	if err != nil {
-		return Forward{}, err
+		return api.Forward{}, err
 	}
-	key := fw.key()
+	key := keyOf(fw)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e, ok := d.pods[fw.Pod]
 	switch {
 	case !ok:
-		return Forward{}, fmt.Errorf("%w: pod %s", ErrNotFound, fw.Pod)
+		return api.Forward{}, fmt.Errorf("%w: pod %s", ErrNotFound, fw.Pod)
 	case e.state != podReady:
-		return Forward{}, fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, fw.Pod)
+		return api.Forward{}, fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, fw.Pod)
 	}
 	if other, dup := d.forwards[key]; dup {
-		return Forward{}, fmt.Errorf("%w: forward %s exists (to pod %s port %d)", ErrConflict, key, other.fw.Pod, other.fw.Port)
+		return api.Forward{}, fmt.Errorf("%w: forward %s exists (to pod %s port %d)", ErrConflict, key, other.fw.Pod, other.fw.Port)
 	}
 	if fw.Target, err = podTarget(e.Pod, fw.Listen, fw.Port); err != nil {
-		return Forward{}, err
+		return api.Forward{}, err
 	}
 	fw.Created = time.Now().UTC().Truncate(time.Second)
 	f := d.newForwarder(fw)
 	if err := f.start(); err != nil {
-		return Forward{}, err
+		return api.Forward{}, err
 	}
 	d.forwards[key] = f
 	if err := d.saveLocked(); err != nil {
 		delete(d.forwards, key)
 		f.close()
-		return Forward{}, err
+		return api.Forward{}, err
 	}
 	f.log.Info("forward added", "target", fw.Target)
 	return fw, nil
@@ -164,10 +166,10 @@ func (d *Daemon) DeleteForward(proto, listen string) error {
 }
 
 // Forwards lists the forwards sorted by listen address and protocol.
-func (d *Daemon) Forwards() []Forward {
+func (d *Daemon) Forwards() []api.Forward {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Forward, 0, len(d.forwards))
+	out := make([]api.Forward, 0, len(d.forwards))
 	for _, f := range d.forwards {
 		out = append(out, f.fw)
 	}
@@ -175,7 +177,7 @@ func (d *Daemon) Forwards() []Forward {
 	return out
 }
 
-func compareForwards(a, b Forward) int {
+func compareForwards(a, b api.Forward) int {
 	if c := a.Listen.Compare(b.Listen); c != 0 {
 		return c
 	}
@@ -197,8 +199,8 @@ func (d *Daemon) dropForwardsLocked(podID string) {
 }
 
 // savedForwardsLocked returns the forwards as the state file keeps them.
-func (d *Daemon) savedForwardsLocked() []Forward {
-	out := make([]Forward, 0, len(d.forwards))
+func (d *Daemon) savedForwardsLocked() []api.Forward {
+	out := make([]api.Forward, 0, len(d.forwards))
 	for _, f := range d.forwards {
 		fw := f.fw
 		fw.Error = "" // a runtime condition, found again at each start
@@ -214,9 +216,9 @@ func (d *Daemon) savedForwardsLocked() []Forward {
 // again (its address is taken, or gone from the host) is logged at Error
 // and kept, with the reason in its Error, until it is deleted. If the save
 // fails nothing is listening yet.
-func (d *Daemon) restoreForwardsLocked(saved []Forward) error {
+func (d *Daemon) restoreForwardsLocked(saved []api.Forward) error {
 	for _, fw := range saved {
-		key := fw.key()
+		key := keyOf(fw)
 		if err := d.checkSavedForwardLocked(fw); err != nil {
 			return fmt.Errorf("state file %s: forward %s: %w", d.state.path, key, err)
 		}
@@ -248,15 +250,15 @@ func (d *Daemon) restoreForwardsLocked(saved []Forward) error {
 
 // checkSavedForwardLocked checks a forward of the state file as a request
 // would have been, and that it is listed once.
-func (d *Daemon) checkSavedForwardLocked(fw Forward) error {
-	parsed, err := parseForwardRequest(ForwardRequest{Listen: fw.Listen.String(), Proto: fw.Proto, Pod: fw.Pod, Port: int(fw.Port)})
+func (d *Daemon) checkSavedForwardLocked(fw api.Forward) error {
+	parsed, err := parseForwardRequest(api.ForwardRequest{Listen: fw.Listen.String(), Proto: fw.Proto, Pod: fw.Pod, Port: int(fw.Port)})
 	if err != nil {
 		return err
 	}
-	if parsed.key() != fw.key() {
+	if keyOf(parsed) != keyOf(fw) {
 		return fmt.Errorf("want proto tcp or udp and an unmapped listen address")
 	}
-	if _, dup := d.forwards[fw.key()]; dup {
+	if _, dup := d.forwards[keyOf(fw)]; dup {
 		return fmt.Errorf("listed twice")
 	}
 	return nil

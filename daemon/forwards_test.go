@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
 	"tapswitch/ipam"
@@ -61,13 +62,13 @@ func newForwardDaemon(t *testing.T, stateDir string, udpIdle time.Duration) *Dae
 // first TCP listen, by binding ::1 in whatever namespace that happens; in
 // a namespace without loopback the probe fails and wildcard "tcp"
 // listeners of the whole test binary become IPv4 only.
-func addForwardPod(t *testing.T, d *Daemon, id string) (Pod, string) {
+func addForwardPod(t *testing.T, d *Daemon, id string) (api.Pod, string) {
 	t.Helper()
 	ns := testutil.NewNetNS(t)
 	if out, err := exec.Command("ip", "-n", filepath.Base(ns), "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("lo up in %s: %v: %s", ns, err, out)
 	}
-	pod, err := d.AddPod(PodRequest{ID: id, NetNS: ns})
+	pod, err := d.AddPod(api.PodRequest{ID: id, NetNS: ns})
 	if err != nil {
 		t.Fatalf("AddPod(%s): %v", id, err)
 	}
@@ -98,7 +99,7 @@ func freeAddr(t *testing.T, ip string) string {
 // holds it.
 func checkFree(t *testing.T, proto, addr string) {
 	t.Helper()
-	if proto == ProtoUDP {
+	if proto == api.ProtoUDP {
 		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
 			t.Errorf("udp %s is not free: %v", addr, err)
@@ -277,7 +278,7 @@ func TestForwardTCP(t *testing.T) {
 
 	for _, listen := range []string{freeAddr(t, "127.0.0.1"), freeAddr(t, "::1")} {
 		t.Run(listen, func(t *testing.T) {
-			fw, err := d.AddForward(ForwardRequest{Listen: listen, Pod: "web", Port: 8080})
+			fw, err := d.AddForward(api.ForwardRequest{Listen: listen, Pod: "web", Port: 8080})
 			if err != nil {
 				t.Fatalf("AddForward: %v", err)
 			}
@@ -285,7 +286,7 @@ func TestForwardTCP(t *testing.T) {
 			if netip.MustParseAddrPort(listen).Addr().Is6() {
 				want = pod.IPs[1].Addr()
 			}
-			if fw.Target != netip.AddrPortFrom(want, 8080) || fw.Proto != ProtoTCP {
+			if fw.Target != netip.AddrPortFrom(want, 8080) || fw.Proto != api.ProtoTCP {
 				t.Errorf("AddForward = %+v, want tcp to %s:8080", fw, want)
 			}
 			payload := randomBytes(t, 4<<20)
@@ -311,7 +312,7 @@ func TestForwardTCP(t *testing.T) {
 
 	t.Run("half-close from the pod", func(t *testing.T) {
 		listen := freeAddr(t, "127.0.0.1")
-		if _, err := d.AddForward(ForwardRequest{Listen: listen, Pod: "web", Port: 8081}); err != nil {
+		if _, err := d.AddForward(api.ForwardRequest{Listen: listen, Pod: "web", Port: 8081}); err != nil {
 			t.Fatalf("AddForward: %v", err)
 		}
 		c, err := net.Dial("tcp", listen)
@@ -335,7 +336,7 @@ func TestForwardTCP(t *testing.T) {
 
 	t.Run("refused", func(t *testing.T) {
 		listen := freeAddr(t, "127.0.0.1")
-		if _, err := d.AddForward(ForwardRequest{Listen: listen, Pod: "web", Port: 9}); err != nil {
+		if _, err := d.AddForward(api.ForwardRequest{Listen: listen, Pod: "web", Port: 9}); err != nil {
 			t.Fatalf("AddForward: %v", err)
 		}
 		// The reset may come before the kernel's connect returns.
@@ -372,7 +373,7 @@ func TestForwardUDP(t *testing.T) {
 	_, ns := addForwardPod(t, d, "dns")
 	podUDPEcho(t, ns, 5353)
 	listen := freeAddr(t, "127.0.0.1")
-	fw, err := d.AddForward(ForwardRequest{Listen: listen, Proto: "udp", Pod: "dns", Port: 5353})
+	fw, err := d.AddForward(api.ForwardRequest{Listen: listen, Proto: "udp", Pod: "dns", Port: 5353})
 	if err != nil {
 		t.Fatalf("AddForward: %v", err)
 	}
@@ -398,7 +399,7 @@ func TestForwardUDP(t *testing.T) {
 	if got := udpExchange(t, clients[0], big); !bytes.Equal(got, big) {
 		t.Fatalf("udp echo of %d bytes = %d bytes, different", len(big), len(got))
 	}
-	f := d.forwards[fw.key()]
+	f := d.forwards[keyOf(fw)]
 	if st := f.stats(); st.active != 2 || st.conns != 2 {
 		t.Errorf("forward stats = %d flows open, %d opened; want 2 and 2", st.active, st.conns)
 	}
@@ -438,7 +439,7 @@ func TestForwardBadInputLeavesNothing(t *testing.T) {
 	d := newForwardDaemon(t, state, 0)
 	addForwardPod(t, d, "p")
 	existing := freeAddr(t, "127.0.0.1")
-	if _, err := d.AddForward(ForwardRequest{Listen: existing, Pod: "p", Port: 80}); err != nil {
+	if _, err := d.AddForward(api.ForwardRequest{Listen: existing, Pod: "p", Port: 80}); err != nil {
 		t.Fatalf("AddForward: %v", err)
 	}
 	held, err := net.Listen("tcp", freeAddr(t, "127.0.0.1"))
@@ -451,24 +452,24 @@ func TestForwardBadInputLeavesNothing(t *testing.T) {
 
 	tests := []struct {
 		name string
-		req  ForwardRequest
+		req  api.ForwardRequest
 		want error
 	}{
-		{"unknown pod", ForwardRequest{Listen: free, Pod: "nope", Port: 80}, ErrNotFound},
-		{"bad pod id", ForwardRequest{Listen: free, Pod: "a/b", Port: 80}, ErrInvalid},
-		{"bad proto", ForwardRequest{Listen: free, Proto: "sctp", Pod: "p", Port: 80}, ErrInvalid},
-		{"upper-case proto", ForwardRequest{Listen: free, Proto: "TCP", Pod: "p", Port: 80}, ErrInvalid},
-		{"host name", ForwardRequest{Listen: "localhost:8080", Pod: "p", Port: 80}, ErrInvalid},
-		{"no port", ForwardRequest{Listen: "127.0.0.1", Pod: "p", Port: 80}, ErrInvalid},
-		{"port too big", ForwardRequest{Listen: "127.0.0.1:65536", Pod: "p", Port: 80}, ErrInvalid},
-		{"empty listen", ForwardRequest{Pod: "p", Port: 80}, ErrInvalid},
-		{"listen port 0", ForwardRequest{Listen: "127.0.0.1:0", Pod: "p", Port: 80}, ErrInvalid},
-		{"multicast", ForwardRequest{Listen: "224.0.0.251:5353", Proto: "udp", Pod: "p", Port: 80}, ErrInvalid},
-		{"pod port 0", ForwardRequest{Listen: free, Pod: "p", Port: 0}, ErrInvalid},
-		{"pod port too big", ForwardRequest{Listen: free, Pod: "p", Port: 65536}, ErrInvalid},
-		{"not a host address", ForwardRequest{Listen: "192.0.2.1:8080", Pod: "p", Port: 80}, ErrInvalid},
-		{"duplicate", ForwardRequest{Listen: existing, Pod: "p", Port: 81}, ErrConflict},
-		{"in use by another socket", ForwardRequest{Listen: held.Addr().String(), Pod: "p", Port: 80}, ErrConflict},
+		{"unknown pod", api.ForwardRequest{Listen: free, Pod: "nope", Port: 80}, ErrNotFound},
+		{"bad pod id", api.ForwardRequest{Listen: free, Pod: "a/b", Port: 80}, ErrInvalid},
+		{"bad proto", api.ForwardRequest{Listen: free, Proto: "sctp", Pod: "p", Port: 80}, ErrInvalid},
+		{"upper-case proto", api.ForwardRequest{Listen: free, Proto: "TCP", Pod: "p", Port: 80}, ErrInvalid},
+		{"host name", api.ForwardRequest{Listen: "localhost:8080", Pod: "p", Port: 80}, ErrInvalid},
+		{"no port", api.ForwardRequest{Listen: "127.0.0.1", Pod: "p", Port: 80}, ErrInvalid},
+		{"port too big", api.ForwardRequest{Listen: "127.0.0.1:65536", Pod: "p", Port: 80}, ErrInvalid},
+		{"empty listen", api.ForwardRequest{Pod: "p", Port: 80}, ErrInvalid},
+		{"listen port 0", api.ForwardRequest{Listen: "127.0.0.1:0", Pod: "p", Port: 80}, ErrInvalid},
+		{"multicast", api.ForwardRequest{Listen: "224.0.0.251:5353", Proto: "udp", Pod: "p", Port: 80}, ErrInvalid},
+		{"pod port 0", api.ForwardRequest{Listen: free, Pod: "p", Port: 0}, ErrInvalid},
+		{"pod port too big", api.ForwardRequest{Listen: free, Pod: "p", Port: 65536}, ErrInvalid},
+		{"not a host address", api.ForwardRequest{Listen: "192.0.2.1:8080", Pod: "p", Port: 80}, ErrInvalid},
+		{"duplicate", api.ForwardRequest{Listen: existing, Pod: "p", Port: 81}, ErrConflict},
+		{"in use by another socket", api.ForwardRequest{Listen: held.Addr().String(), Pod: "p", Port: 80}, ErrConflict},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -478,14 +479,14 @@ func TestForwardBadInputLeavesNothing(t *testing.T) {
 			}
 			t.Logf("error: %v", err)
 			checkNothingChanged(t, d, before)
-			checkFree(t, ProtoTCP, free)
+			checkFree(t, api.ProtoTCP, free)
 		})
 	}
 
 	t.Run("no ipv6 address", func(t *testing.T) {
 		d4 := newTestDaemon(t, t.TempDir()) // IPv4 only
 		addForwardPod(t, d4, "p4")
-		_, err := d4.AddForward(ForwardRequest{Listen: freeAddr(t, "::1"), Pod: "p4", Port: 80})
+		_, err := d4.AddForward(api.ForwardRequest{Listen: freeAddr(t, "::1"), Pod: "p4", Port: 80})
 		if !errors.Is(err, ErrInvalid) {
 			t.Fatalf("AddForward of [::1] to a pod without IPv6 = %v, want ErrInvalid", err)
 		}
@@ -503,11 +504,11 @@ func TestForwardBadInputLeavesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.Remove(tmp)
-		if _, err := d.AddForward(ForwardRequest{Listen: free, Pod: "p", Port: 80}); err == nil {
+		if _, err := d.AddForward(api.ForwardRequest{Listen: free, Pod: "p", Port: 80}); err == nil {
 			t.Fatal("AddForward with an unwritable state succeeded")
 		}
 		checkNothingChanged(t, d, before)
-		checkFree(t, ProtoTCP, free)
+		checkFree(t, api.ProtoTCP, free)
 		// A delete whose save fails keeps the forward, listening.
 		if err := d.DeleteForward("tcp", existing); err == nil {
 			t.Fatal("DeleteForward with an unwritable state succeeded")
@@ -529,7 +530,7 @@ func TestForwardBadInputLeavesNothing(t *testing.T) {
 		if err := d.DeleteForward("", existing); err != nil {
 			t.Fatalf("DeleteForward(tcp %s): %v", existing, err)
 		}
-		checkFree(t, ProtoTCP, existing)
+		checkFree(t, api.ProtoTCP, existing)
 		if fws := d.Forwards(); len(fws) != 0 {
 			t.Errorf("forwards after delete = %+v, want none", fws)
 		}
@@ -538,7 +539,7 @@ func TestForwardBadInputLeavesNothing(t *testing.T) {
 
 // checkNothingChanged fails unless d's forwards, in memory and on disk,
 // are want.
-func checkNothingChanged(t *testing.T, d *Daemon, want []Forward) {
+func checkNothingChanged(t *testing.T, d *Daemon, want []api.Forward) {
 	t.Helper()
 	if got := d.Forwards(); !slices.Equal(got, want) {
 		t.Errorf("forwards = %+v, want %+v", got, want)
@@ -560,7 +561,7 @@ func TestForwardsGoWithTheirPod(t *testing.T) {
 	addForwardPod(t, d, "stays")
 	podServer(t, ns, 8080, echo)
 	tcpAddr, udpAddr, other := freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1")
-	for _, req := range []ForwardRequest{
+	for _, req := range []api.ForwardRequest{
 		{Listen: tcpAddr, Pod: "gone", Port: 8080},
 		{Listen: udpAddr, Proto: "udp", Pod: "gone", Port: 53},
 		{Listen: other, Pod: "stays", Port: 80},
@@ -589,8 +590,8 @@ func TestForwardsGoWithTheirPod(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Error("connection through the deleted pod's forward still open")
 	}
-	checkFree(t, ProtoTCP, tcpAddr)
-	checkFree(t, ProtoUDP, udpAddr)
+	checkFree(t, api.ProtoTCP, tcpAddr)
+	checkFree(t, api.ProtoUDP, udpAddr)
 	fws := d.Forwards()
 	if len(fws) != 1 || fws[0].Pod != "stays" {
 		t.Errorf("forwards after the pod's delete = %+v, want only the one to pod stays", fws)
@@ -610,7 +611,7 @@ func TestForwardsRestored(t *testing.T) {
 	podServer(t, ns, 8080, echo)
 	podUDPEcho(t, ns, 5353)
 	tcpAddr, udpAddr, taken := freeAddr(t, "127.0.0.1"), freeAddr(t, "::1"), freeAddr(t, "127.0.0.1")
-	for _, req := range []ForwardRequest{
+	for _, req := range []api.ForwardRequest{
 		{Listen: tcpAddr, Pod: "web", Port: 8080},
 		{Listen: udpAddr, Proto: "udp", Pod: "web", Port: 5353},
 		{Listen: taken, Pod: "web", Port: 8080},
@@ -624,8 +625,8 @@ func TestForwardsRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Close stops listening but keeps the forwards on disk.
-	checkFree(t, ProtoTCP, tcpAddr)
-	checkFree(t, ProtoUDP, udpAddr)
+	checkFree(t, api.ProtoTCP, tcpAddr)
+	checkFree(t, api.ProtoUDP, udpAddr)
 	// Another process takes one forward's address while the daemon is
 	// down.
 	held, err := net.Listen("tcp", taken)
@@ -671,7 +672,7 @@ func TestForwardsRestored(t *testing.T) {
 		t.Fatalf("DeleteForward of the failed forward: %v", err)
 	}
 	held.Close()
-	if _, err := d2.AddForward(ForwardRequest{Listen: taken, Pod: "web", Port: 8080}); err != nil {
+	if _, err := d2.AddForward(api.ForwardRequest{Listen: taken, Pod: "web", Port: 8080}); err != nil {
 		t.Fatalf("AddForward again: %v", err)
 	}
 	if got := roundTrip(t, taken, msg); !bytes.Equal(got, msg) {
@@ -685,9 +686,9 @@ func TestRestoreDropsForwardsOfForgottenPods(t *testing.T) {
 	ready := testPod("ready", ns, "10.252.9.2/28")
 	leftoverTAP(t, ready)
 	gone := testPod("gone", "/var/run/netns/tsw-test-never-made", "10.252.9.3/28")
-	readyFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoTCP, Pod: "ready", Port: 80}
-	goneFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoUDP, Pod: "gone", Port: 53}
-	unknownFwd := Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: ProtoTCP, Pod: "never", Port: 80}
+	readyFwd := api.Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: api.ProtoTCP, Pod: "ready", Port: 80}
+	goneFwd := api.Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: api.ProtoUDP, Pod: "gone", Port: 53}
+	unknownFwd := api.Forward{Listen: netip.MustParseAddrPort(freeAddr(t, "127.0.0.1")), Proto: api.ProtoTCP, Pod: "never", Port: 80}
 	state := t.TempDir()
 	seedLeases(t, state, ready, gone)
 	s, err := openState(filepath.Join(state, "pods.json"))
@@ -696,7 +697,7 @@ func TestRestoreDropsForwardsOfForgottenPods(t *testing.T) {
 	}
 	err = s.write(savedState{
 		Pods:     []savedPod{{Pod: ready}, {Pod: gone}},
-		Forwards: []Forward{readyFwd, goneFwd, unknownFwd},
+		Forwards: []api.Forward{readyFwd, goneFwd, unknownFwd},
 	})
 	s.close()
 	if err != nil {
@@ -708,8 +709,8 @@ func TestRestoreDropsForwardsOfForgottenPods(t *testing.T) {
 	if len(fws) != 1 || fws[0].Listen != readyFwd.Listen || fws[0].Target != netip.MustParseAddrPort("10.252.9.2:80") {
 		t.Fatalf("forwards after restore = %+v, want only %+v to 10.252.9.2:80", fws, readyFwd)
 	}
-	checkFree(t, ProtoUDP, goneFwd.Listen.String())
-	checkFree(t, ProtoTCP, unknownFwd.Listen.String())
+	checkFree(t, api.ProtoUDP, goneFwd.Listen.String())
+	checkFree(t, api.ProtoTCP, unknownFwd.Listen.String())
 	st, err := d.state.read()
 	if err != nil || len(st.Forwards) != 1 || st.Forwards[0].Pod != "ready" {
 		t.Errorf("saved forwards after restore = %+v, %v; want only the ready pod's", st.Forwards, err)
@@ -733,9 +734,9 @@ func TestStateWithoutForwards(t *testing.T) {
 		t.Fatalf("read of a pods-only file = %+v, %v; want pod a and no forwards", st, err)
 	}
 	// And forwards round-trip.
-	fw := Forward{Listen: netip.MustParseAddrPort("[::1]:8080"), Proto: ProtoUDP, Pod: "a", Port: 53,
+	fw := api.Forward{Listen: netip.MustParseAddrPort("[::1]:8080"), Proto: api.ProtoUDP, Pod: "a", Port: 53,
 		Target: netip.MustParseAddrPort("[fd00::2]:53"), Created: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}
-	if err := s.write(savedState{Pods: st.Pods, Forwards: []Forward{fw}}); err != nil {
+	if err := s.write(savedState{Pods: st.Pods, Forwards: []api.Forward{fw}}); err != nil {
 		t.Fatal(err)
 	}
 	st, err = s.read()
@@ -812,23 +813,23 @@ func TestForwardAPI(t *testing.T) {
 		srv.Close()
 		<-done
 	})
-	c := NewClient(sock)
+	c := api.NewClient(sock)
 	ctx := context.Background()
 	listen := freeAddr(t, "::1")
 
-	fw, err := c.AddForward(ctx, ForwardRequest{Listen: listen, Proto: "udp", Pod: "api", Port: 53})
+	fw, err := c.AddForward(ctx, api.ForwardRequest{Listen: listen, Proto: "udp", Pod: "api", Port: 53})
 	if err != nil || fw.Listen.String() != listen || fw.Proto != "udp" || fw.Pod != "api" || fw.Port != 53 {
 		t.Fatalf("AddForward = %+v, %v", fw, err)
 	}
 	for _, tt := range []struct {
-		req    ForwardRequest
+		req    api.ForwardRequest
 		status int
 	}{
-		{ForwardRequest{Listen: listen, Proto: "udp", Pod: "api", Port: 54}, http.StatusConflict},
-		{ForwardRequest{Listen: listen, Proto: "icmp", Pod: "api", Port: 54}, http.StatusBadRequest},
-		{ForwardRequest{Listen: listen, Pod: "ghost", Port: 54}, http.StatusNotFound},
+		{api.ForwardRequest{Listen: listen, Proto: "udp", Pod: "api", Port: 54}, http.StatusConflict},
+		{api.ForwardRequest{Listen: listen, Proto: "icmp", Pod: "api", Port: 54}, http.StatusBadRequest},
+		{api.ForwardRequest{Listen: listen, Pod: "ghost", Port: 54}, http.StatusNotFound},
 	} {
-		var ae *APIError
+		var ae *api.APIError
 		if _, err := c.AddForward(ctx, tt.req); !errors.As(err, &ae) || ae.Status != tt.status {
 			t.Errorf("AddForward(%+v) = %v, want HTTP %d", tt.req, err, tt.status)
 		}
@@ -837,14 +838,14 @@ func TestForwardAPI(t *testing.T) {
 	if err != nil || len(fws) != 1 || fws[0] != fw {
 		t.Fatalf("Forwards = %+v, %v; want [%+v]", fws, err, fw)
 	}
-	var ae *APIError
+	var ae *api.APIError
 	if err := c.DeleteForward(ctx, "tcp", listen); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
 		t.Errorf("DeleteForward of the wrong proto = %v, want HTTP 404", err)
 	}
 	if err := c.DeleteForward(ctx, "udp", listen); err != nil {
 		t.Fatalf("DeleteForward(udp %s): %v", listen, err)
 	}
-	checkFree(t, ProtoUDP, listen)
+	checkFree(t, api.ProtoUDP, listen)
 	if fws, err := c.Forwards(ctx); err != nil || len(fws) != 0 {
 		t.Errorf("Forwards after delete = %+v, %v; want none", fws, err)
 	}
@@ -896,13 +897,13 @@ func TestForwardUDPWildcardRepliesFromLocalAddress(t *testing.T) {
 	} {
 		t.Run(tc.network, func(t *testing.T) {
 			listen := netip.AddrPortFrom(tc.listen, port)
-			var fw Forward
+			var fw api.Forward
 			inNode(func() (err error) {
-				fw, err = d.AddForward(ForwardRequest{Listen: listen.String(), Proto: ProtoUDP, Pod: "echo", Port: 5353})
+				fw, err = d.AddForward(api.ForwardRequest{Listen: listen.String(), Proto: api.ProtoUDP, Pod: "echo", Port: 5353})
 				return err
 			})
 			t.Cleanup(func() { // before the node namespace goes
-				if err := d.DeleteForward(ProtoUDP, listen.String()); err != nil {
+				if err := d.DeleteForward(api.ProtoUDP, listen.String()); err != nil {
 					t.Errorf("DeleteForward: %v", err)
 				}
 			})
@@ -939,7 +940,7 @@ func TestForwardUDPWildcardRepliesFromLocalAddress(t *testing.T) {
 					}
 				}
 			}
-			if st := d.forwards[fw.key()].stats(); st.active != 4 || st.conns != 4 {
+			if st := d.forwards[keyOf(fw)].stats(); st.active != 4 || st.conns != 4 {
 				t.Errorf("forward stats = %d flows open, %d opened; want 4 and 4 (two connected clients, one client to two addresses)", st.active, st.conns)
 			}
 		})

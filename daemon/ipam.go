@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"tapswitch/daemon/api"
 	"tapswitch/ipam"
 )
 
@@ -38,7 +39,7 @@ func openIPAM(opts Options, log *slog.Logger) (*ipam.Allocator, error) {
 }
 
 // leaseKey is a pod's key in the address store.
-func leaseKey(pod Pod) ipam.Key { return ipam.Key{ContainerID: pod.ID, IfName: pod.IfName} }
+func leaseKey(pod api.Pod) ipam.Key { return ipam.Key{ContainerID: pod.ID, IfName: pod.IfName} }
 
 // cidrs are the pod CIDRs, IPv4 first.
 func (d *Daemon) cidrs() []netip.Prefix {
@@ -85,7 +86,7 @@ func (d *Daemon) Leases() []ipam.Lease { return d.ipam.List() }
 // the first start with a store, a store moved away, a store that fell back
 // one commit — has its addresses adopted, unless they are another pod's
 // or no longer in the CIDRs.
-func (d *Daemon) ensureLease(pod Pod) error {
+func (d *Daemon) ensureLease(pod api.Pod) error {
 	l, ok := d.ipam.Get(leaseKey(pod))
 	if !ok {
 		if _, err := d.ipam.Adopt(leaseKey(pod), pod.IPs); err != nil {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/http"
+	"tapswitch/daemon/api"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -123,7 +124,7 @@ func (c *forwardCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.notListening, prometheus.GaugeValue, notListening, labels...)
 		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.CounterValue, float64(st.conns), labels...)
 		ch <- prometheus.MustNewConstMetric(c.dialErrors, prometheus.CounterValue, float64(st.dialErrors), labels...)
-		if st.Proto == ProtoUDP {
+		if st.Proto == api.ProtoUDP {
 			ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(st.drops), labels...)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 	"tapswitch/ipam"
 	vswitch "tapswitch/switch"
@@ -42,7 +43,7 @@ var (
 	validPodName   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
 )
 
-func validateRequest(req *PodRequest) error {
+func validateRequest(req *api.PodRequest) error {
 	if !validID.MatchString(req.ID) {
 		return fmt.Errorf("%w: pod id %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.ID)
 	}
@@ -92,11 +93,11 @@ func podMAC(id, ifname string) vswitch.MAC {
 // attaches it to the switch. The pod is on disk as pending before its TAP
 // exists, so a crash at any point is undone on the next start. On any
 // failure nothing of it is left.
-func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
+func (d *Daemon) AddPod(req api.PodRequest) (api.Pod, error) {
 	if err := validateRequest(&req); err != nil {
-		return Pod{}, err
+		return api.Pod{}, err
 	}
-	pod := Pod{
+	pod := api.Pod{
 		ID: req.ID, NetNS: req.NetNS, IfName: req.IfName, MAC: podMAC(req.ID, req.IfName), Port: req.ID,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, ContainerID: req.ContainerID, Network: req.Network,
 		MTU: d.opts.MTU, Offloads: !d.opts.NoOffloads, Queues: d.opts.Queues,
@@ -108,12 +109,12 @@ func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
 		pod.MAC = *req.MAC
 	}
 	if err := d.reserve(&pod); err != nil {
-		return Pod{}, err
+		return api.Pod{}, err
 	}
 	pod, err := d.create(pod)
 	if err != nil {
 		d.unreserve(pod)
-		return Pod{}, err
+		return api.Pod{}, err
 	}
 	d.log.Info("pod attached", "pod", pod.ID, "netns", pod.NetNS, "ifname", pod.IfName, "mac", pod.MAC, "ips", pod.IPs)
 	return pod, nil
@@ -121,7 +122,7 @@ func (d *Daemon) AddPod(req PodRequest) (Pod, error) {
 
 // reserve claims the pod's ID and addresses, filling in pod.IPs and
 // pod.Gateways, and records the pod on disk as a pending add.
-func (d *Daemon) reserve(pod *Pod) error {
+func (d *Daemon) reserve(pod *api.Pod) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if e, ok := d.pods[pod.ID]; ok {
@@ -178,7 +179,7 @@ func (d *Daemon) macOwnerLocked(mac vswitch.MAC) string {
 
 // create makes the pod's TAP, attaches it and records the pod as ready.
 // On failure it undoes what it made; the reservation stays the caller's.
-func (d *Daemon) create(pod Pod) (Pod, error) {
+func (d *Daemon) create(pod api.Pod) (api.Pod, error) {
 	port, err := tap.Create(tap.Config{
 		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
 		Addrs: pod.IPs, Gateways: pod.Gateways, Offloads: pod.Offloads, Queues: pod.Queues,
@@ -212,7 +213,7 @@ func (d *Daemon) create(pod Pod) (Pod, error) {
 }
 
 // unreserve forgets a pod whose add failed and releases its addresses.
-func (d *Daemon) unreserve(pod Pod) {
+func (d *Daemon) unreserve(pod api.Pod) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.releaseLocked(pod)
@@ -225,7 +226,7 @@ func (d *Daemon) unreserve(pod Pod) {
 
 // releaseLocked gives the pod's addresses back. A release that cannot be
 // written leaves the lease; the next start's reconciliation frees it.
-func (d *Daemon) releaseLocked(pod Pod) {
+func (d *Daemon) releaseLocked(pod api.Pod) {
 	if _, _, err := d.ipam.Release(leaseKey(pod)); err != nil {
 		d.log.Error("release addresses; freed at the next start", "pod", pod.ID, "err", err)
 	}
@@ -233,7 +234,7 @@ func (d *Daemon) releaseLocked(pod Pod) {
 
 // attach adds port to the switch and binds the pod's addresses for the
 // ARP responder. On failure the port is closed.
-func (d *Daemon) attach(pod Pod, port vswitch.Port) (vswitch.PortID, error) {
+func (d *Daemon) attach(pod api.Pod, port vswitch.Port) (vswitch.PortID, error) {
 	id, err := d.sw.AddPort(port)
 	if err != nil {
 		port.Close()
@@ -250,7 +251,7 @@ func (d *Daemon) attach(pod Pod, port vswitch.Port) (vswitch.PortID, error) {
 }
 
 // detach removes the pod's port from the switch, if it has one.
-func (d *Daemon) detach(pod Pod) {
+func (d *Daemon) detach(pod api.Pod) {
 	if pod.PortID == 0 {
 		return
 	}
@@ -261,7 +262,7 @@ func (d *Daemon) detach(pod Pod) {
 
 // deleteTAP removes the pod's TAP on a failure path, where the first error
 // is what the caller reports.
-func (d *Daemon) deleteTAP(pod Pod) {
+func (d *Daemon) deleteTAP(pod api.Pod) {
 	if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
 		d.log.Error("remove tap of failed attach", "pod", pod.ID, "err", err)
 	}
@@ -312,26 +313,26 @@ func (d *Daemon) DeletePod(id string) error {
 }
 
 // Pods lists the attached pods sorted by ID.
-func (d *Daemon) Pods() []Pod {
+func (d *Daemon) Pods() []api.Pod {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Pod, 0, len(d.pods))
+	out := make([]api.Pod, 0, len(d.pods))
 	for _, e := range d.pods {
 		if e.state == podReady {
 			out = append(out, e.Pod)
 		}
 	}
-	slices.SortFunc(out, func(a, b Pod) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b api.Pod) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
 // PodByID returns one pod.
-func (d *Daemon) PodByID(id string) (Pod, error) {
+func (d *Daemon) PodByID(id string) (api.Pod, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e, ok := d.pods[id]
 	if !ok || e.state != podReady {
-		return Pod{}, fmt.Errorf("%w: pod %s", ErrNotFound, id)
+		return api.Pod{}, fmt.Errorf("%w: pod %s", ErrNotFound, id)
 	}
 	return e.Pod, nil
 }
@@ -396,7 +397,7 @@ func (d *Daemon) restore() error {
 
 // reattachLocked opens the TAP of a saved pod and attaches it, or forgets
 // the pod if its TAP is gone.
-func (d *Daemon) reattachLocked(pod Pod) {
+func (d *Daemon) reattachLocked(pod api.Pod) {
 	port, err := tap.Open(tap.Config{
 		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
 		Offloads: pod.Offloads, Queues: max(pod.Queues, 1), Logger: d.log.With("pod", pod.ID),
@@ -439,7 +440,7 @@ func (d *Daemon) releaseOrphanLeasesLocked() error {
 // undoing it) or a delete that a crash interrupted, or a pod that lost its
 // lease. If the TAP cannot be removed the pod stays, detached, for a later
 // delete.
-func (d *Daemon) finishLocked(pod Pod, why string) {
+func (d *Daemon) finishLocked(pod api.Pod, why string) {
 	if err := tap.Delete(pod.NetNS, pod.IfName); err != nil {
 		d.log.Error("remove the TAP of a pod to forget ("+why+"); the pod stays detached until deleted", "pod", pod.ID, "err", err)
 		return
@@ -447,7 +448,7 @@ func (d *Daemon) finishLocked(pod Pod, why string) {
 	d.forgetLocked(pod, why)
 }
 
-func (d *Daemon) forgetLocked(pod Pod, why string) {
+func (d *Daemon) forgetLocked(pod api.Pod, why string) {
 	d.dropForwardsLocked(pod.ID)
 	d.releaseLocked(pod)
 	delete(d.pods, pod.ID)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"tapswitch/daemon/api"
 	vswitch "tapswitch/switch"
 )
 
@@ -15,34 +16,34 @@ func TestValidateRequest(t *testing.T) {
 	notNS := t.TempDir()
 	tests := []struct {
 		name string
-		req  PodRequest
+		req  api.PodRequest
 		ok   bool
 	}{
-		{"ok", PodRequest{ID: "abc-1.2_3", NetNS: ns}, true},
-		{"cni id", PodRequest{ID: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", NetNS: ns}, true},
-		{"empty id", PodRequest{NetNS: ns}, false},
-		{"slash id", PodRequest{ID: "a/b", NetNS: ns}, false},
-		{"space id", PodRequest{ID: "a b", NetNS: ns}, false},
-		{"leading dash", PodRequest{ID: "-a", NetNS: ns}, false},
-		{"no netns", PodRequest{ID: "a"}, false},
-		{"missing netns", PodRequest{ID: "a", NetNS: filepath.Join(notNS, "nope")}, false},
-		{"not a netns", PodRequest{ID: "a", NetNS: notNS}, false},
-		{"relative netns", PodRequest{ID: "a", NetNS: "proc/self/ns/net"}, false},
-		{"long ifname", PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcdef"}, false},
-		{"colon ifname", PodRequest{ID: "a", NetNS: ns, IfName: "eth0:1"}, false},
-		{"dot ifname", PodRequest{ID: "a", NetNS: ns, IfName: ".."}, false},
-		{"15 byte ifname", PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcde"}, true},
-		{"k8s names", PodRequest{ID: "a", NetNS: ns, PodNamespace: "kube-system", PodName: "coredns-5d78c9869d-x7k2p.a"}, true},
-		{"upper namespace", PodRequest{ID: "a", NetNS: ns, PodNamespace: "Default"}, false},
-		{"long namespace", PodRequest{ID: "a", NetNS: ns, PodNamespace: strings.Repeat("a", 64)}, false},
-		{"63 byte namespace", PodRequest{ID: "a", NetNS: ns, PodNamespace: strings.Repeat("a", 63)}, true},
-		{"slash pod name", PodRequest{ID: "a", NetNS: ns, PodName: "a/b"}, false},
-		{"dash-ended pod name", PodRequest{ID: "a", NetNS: ns, PodName: "web-"}, false},
-		{"cni attachment", PodRequest{ID: "a", NetNS: ns, ContainerID: "0123abc", Network: "tapswitch", MAC: &vswitch.MAC{2, 0, 0, 0, 0, 1}}, true},
-		{"slash container id", PodRequest{ID: "a", NetNS: ns, ContainerID: "a/b"}, false},
-		{"space network", PodRequest{ID: "a", NetNS: ns, Network: "my net"}, false},
-		{"multicast mac", PodRequest{ID: "a", NetNS: ns, MAC: &vswitch.MAC{1, 0, 0x5e, 0, 0, 1}}, false},
-		{"zero mac", PodRequest{ID: "a", NetNS: ns, MAC: &vswitch.MAC{}}, false},
+		{"ok", api.PodRequest{ID: "abc-1.2_3", NetNS: ns}, true},
+		{"cni id", api.PodRequest{ID: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", NetNS: ns}, true},
+		{"empty id", api.PodRequest{NetNS: ns}, false},
+		{"slash id", api.PodRequest{ID: "a/b", NetNS: ns}, false},
+		{"space id", api.PodRequest{ID: "a b", NetNS: ns}, false},
+		{"leading dash", api.PodRequest{ID: "-a", NetNS: ns}, false},
+		{"no netns", api.PodRequest{ID: "a"}, false},
+		{"missing netns", api.PodRequest{ID: "a", NetNS: filepath.Join(notNS, "nope")}, false},
+		{"not a netns", api.PodRequest{ID: "a", NetNS: notNS}, false},
+		{"relative netns", api.PodRequest{ID: "a", NetNS: "proc/self/ns/net"}, false},
+		{"long ifname", api.PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcdef"}, false},
+		{"colon ifname", api.PodRequest{ID: "a", NetNS: ns, IfName: "eth0:1"}, false},
+		{"dot ifname", api.PodRequest{ID: "a", NetNS: ns, IfName: ".."}, false},
+		{"15 byte ifname", api.PodRequest{ID: "a", NetNS: ns, IfName: "0123456789abcde"}, true},
+		{"k8s names", api.PodRequest{ID: "a", NetNS: ns, PodNamespace: "kube-system", PodName: "coredns-5d78c9869d-x7k2p.a"}, true},
+		{"upper namespace", api.PodRequest{ID: "a", NetNS: ns, PodNamespace: "Default"}, false},
+		{"long namespace", api.PodRequest{ID: "a", NetNS: ns, PodNamespace: strings.Repeat("a", 64)}, false},
+		{"63 byte namespace", api.PodRequest{ID: "a", NetNS: ns, PodNamespace: strings.Repeat("a", 63)}, true},
+		{"slash pod name", api.PodRequest{ID: "a", NetNS: ns, PodName: "a/b"}, false},
+		{"dash-ended pod name", api.PodRequest{ID: "a", NetNS: ns, PodName: "web-"}, false},
+		{"cni attachment", api.PodRequest{ID: "a", NetNS: ns, ContainerID: "0123abc", Network: "tapswitch", MAC: &vswitch.MAC{2, 0, 0, 0, 0, 1}}, true},
+		{"slash container id", api.PodRequest{ID: "a", NetNS: ns, ContainerID: "a/b"}, false},
+		{"space network", api.PodRequest{ID: "a", NetNS: ns, Network: "my net"}, false},
+		{"multicast mac", api.PodRequest{ID: "a", NetNS: ns, MAC: &vswitch.MAC{1, 0, 0x5e, 0, 0, 1}}, false},
+		{"zero mac", api.PodRequest{ID: "a", NetNS: ns, MAC: &vswitch.MAC{}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,8 +84,8 @@ func TestStateRoundTripAndCorruption(t *testing.T) {
 		t.Fatalf("load of a new state = %v, %v; want empty", pods, err)
 	}
 	want := []savedPod{
-		{Pod: Pod{ID: "a", NetNS: "/x", IfName: "eth0", MAC: podMAC("a", "eth0"), MTU: 1500}},
-		{Pod: Pod{ID: "b", NetNS: "/y", IfName: "eth0", MAC: podMAC("b", "eth0"), MTU: 1500}, State: podDeleting},
+		{Pod: api.Pod{ID: "a", NetNS: "/x", IfName: "eth0", MAC: podMAC("a", "eth0"), MTU: 1500}},
+		{Pod: api.Pod{ID: "b", NetNS: "/y", IfName: "eth0", MAC: podMAC("b", "eth0"), MTU: 1500}, State: podDeleting},
 	}
 	if err := s.save(want); err != nil {
 		t.Fatal(err)

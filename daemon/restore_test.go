@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"tapswitch/daemon/api"
 	"tapswitch/internal/testutil"
 	"tapswitch/ipam"
 	"tapswitch/tap"
@@ -48,7 +49,7 @@ func seed(t *testing.T, stateDir string, pods ...savedPod) {
 // seedLeases writes the address leases a crashed daemon would have left
 // for pods, allocating in their order on the test CIDR, and checks they got
 // the addresses the pods name.
-func seedLeases(t *testing.T, stateDir string, pods ...Pod) {
+func seedLeases(t *testing.T, stateDir string, pods ...api.Pod) {
 	t.Helper()
 	store, err := ipam.OpenBolt(filepath.Join(stateDir, "ipam.db"), time.Second)
 	if err != nil {
@@ -72,7 +73,7 @@ func seedLeases(t *testing.T, stateDir string, pods ...Pod) {
 }
 
 // leftoverTAP makes the persistent TAP a crashed daemon would leave.
-func leftoverTAP(t *testing.T, pod Pod) {
+func leftoverTAP(t *testing.T, pod api.Pod) {
 	t.Helper()
 	p, err := tap.Create(tap.Config{NetNS: pod.NetNS, Name: pod.IfName, MAC: pod.MAC, Addrs: pod.IPs})
 	if err != nil {
@@ -81,8 +82,8 @@ func leftoverTAP(t *testing.T, pod Pod) {
 	p.Close()
 }
 
-func testPod(id, ns, ip string) Pod {
-	return Pod{ID: id, NetNS: ns, IfName: "eth0", MAC: podMAC(id, "eth0"), MTU: 1500, Port: id,
+func testPod(id, ns, ip string) api.Pod {
+	return api.Pod{ID: id, NetNS: ns, IfName: "eth0", MAC: podMAC(id, "eth0"), MTU: 1500, Port: id,
 		IPs: []netip.Prefix{netip.MustParsePrefix(ip)}, Gateways: []netip.Addr{netip.MustParseAddr("10.252.9.1")}}
 }
 
@@ -95,7 +96,7 @@ func TestRestoreFinishesInterruptedWork(t *testing.T) {
 	tapGone := testPod("tap-gone", nsGone, "10.252.9.5/28")
 	nsMissing := testPod("ns-gone", "/var/run/netns/tsw-test-never-made", "10.252.9.2/28")
 	nsMissing.IPs = nil // its address must not clash; it is forgotten anyway
-	for _, p := range []Pod{adding, deleting, ready} {
+	for _, p := range []api.Pod{adding, deleting, ready} {
 		leftoverTAP(t, p)
 	}
 	state := t.TempDir()
@@ -117,7 +118,7 @@ func TestRestoreFinishesInterruptedWork(t *testing.T) {
 	if len(pods) != 1 || pods[0].ID != "ready" || pods[0].PortID == 0 {
 		t.Fatalf("Pods() after restore = %+v, want only pod ready, attached", pods)
 	}
-	for _, p := range []Pod{adding, deleting} {
+	for _, p := range []api.Pod{adding, deleting} {
 		if ok, err := tap.Exists(p.NetNS, p.IfName); ok || err != nil {
 			t.Errorf("TAP of interrupted %s: exists=%v err=%v, want removed", p.ID, ok, err)
 		}
@@ -144,7 +145,7 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 	// A closed switch refuses the port after the TAP was made: the add
 	// must remove the TAP, release the address and forget the pod.
 	d.sw.Close()
-	_, err := d.AddPod(PodRequest{ID: "late", NetNS: ns})
+	_, err := d.AddPod(api.PodRequest{ID: "late", NetNS: ns})
 	if err == nil {
 		t.Fatal("AddPod with a closed switch succeeded")
 	}
@@ -172,7 +173,7 @@ func TestRestoreAdoptsPodWithoutLease(t *testing.T) {
 	holder := testPod("holder", nsHolder, "10.252.9.2/28")
 	clash := testPod("clash", nsClash, "10.252.9.2/28")
 	orphan := testPod("orphan", nsKept, "10.252.9.3/28")
-	for _, p := range []Pod{kept, holder, clash} {
+	for _, p := range []api.Pod{kept, holder, clash} {
 		leftoverTAP(t, p)
 	}
 	state := t.TempDir()
@@ -212,7 +213,7 @@ func TestAddPodFreesOrphanLeases(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pod, err := d.AddPod(PodRequest{ID: "after-ghosts", NetNS: ns})
+	pod, err := d.AddPod(api.PodRequest{ID: "after-ghosts", NetNS: ns})
 	if err != nil {
 		t.Fatalf("AddPod with only orphan leases in the way: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"tapswitch/daemon/api"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,14 +25,14 @@ type stateFile struct {
 // without a new version: a file without them has none, and an older daemon
 // reading a newer file ignores them (and drops them at its next save).
 type savedState struct {
-	Version  int        `json:"version"`
-	Pods     []savedPod `json:"pods"`
-	Forwards []Forward  `json:"forwards,omitempty"`
+	Version  int           `json:"version"`
+	Pods     []savedPod    `json:"pods"`
+	Forwards []api.Forward `json:"forwards,omitempty"`
 }
 
 // savedPod is a pod and, while an add or delete is under way, which.
 type savedPod struct {
-	Pod
+	api.Pod
 	State podState `json:"state,omitempty"`
 }
 

@@ -25,7 +25,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"tapswitch/cni"
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/ipam"
 	"tapswitch/tap"
 )
@@ -298,7 +298,7 @@ func requireGone(t *testing.T, d *daemonProc, rt *libcni.RuntimeConf) {
 	t.Helper()
 	ctx := context.Background()
 	id := cni.PodID(rt.ContainerID, rt.IfName)
-	var ae *daemon.APIError
+	var ae *api.APIError
 	if p, err := d.client.Pod(ctx, id); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
 		t.Errorf("daemon pod %s = %+v, %v; want not found", id, p, err)
 	}
@@ -331,7 +331,7 @@ func requireGone(t *testing.T, d *daemonProc, rt *libcni.RuntimeConf) {
 }
 
 // daemonState returns the daemon's pods, leases and port forwards.
-func daemonState(t *testing.T, d *daemonProc) ([]daemon.Pod, []ipam.Lease, []daemon.Forward) {
+func daemonState(t *testing.T, d *daemonProc) ([]api.Pod, []ipam.Lease, []api.Forward) {
 	t.Helper()
 	ctx := context.Background()
 	pods, err := d.client.Pods(ctx)

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
 )
@@ -102,13 +102,13 @@ func nodeUDPExchange(t *testing.T, d *daemonProc, addr string, msg []byte) []byt
 }
 
 // forwardList runs "tapswitchctl forward list -o json".
-func forwardList(t *testing.T, d *daemonProc) []daemon.Forward {
+func forwardList(t *testing.T, d *daemonProc) []api.Forward {
 	t.Helper()
 	out, err := d.ctl("forward list", "-o", "json")
 	if err != nil {
 		t.Fatalf("forward list: %v\n%s", err, out)
 	}
-	var fws []daemon.Forward
+	var fws []api.Forward
 	if err := json.Unmarshal([]byte(out), &fws); err != nil {
 		t.Fatalf("forward list -o json: %v\n%s", err, out)
 	}
@@ -134,7 +134,7 @@ func TestForwardTCPAndUDP(t *testing.T) {
 	if err != nil {
 		t.Fatalf("forward add udp: %v\n%s", err, out)
 	}
-	var fw daemon.Forward
+	var fw api.Forward
 	if err := json.Unmarshal([]byte(out), &fw); err != nil || fw.Proto != "udp" || fw.Target != netip.AddrPortFrom(p.addr(), 5353) {
 		t.Errorf("forward add -o json = %+v, %v; want udp to %s:5353\n%s", fw, err, p.addr(), out)
 	}

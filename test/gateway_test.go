@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/pinger"
 	"tapswitch/internal/testutil"
@@ -72,7 +73,7 @@ func TestGatewayRouterAdvertisement(t *testing.T) {
 			t.Fatalf("sysctl %s in %s: %v: %s", kv, ns, err, out)
 		}
 	}
-	got, err := d.client.AddPod(context.Background(), daemon.PodRequest{ID: "gw-ra", NetNS: ns})
+	got, err := d.client.AddPod(context.Background(), api.PodRequest{ID: "gw-ra", NetNS: ns})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/pinger"
 	"tapswitch/internal/testutil"
@@ -117,7 +117,7 @@ type daemonProc struct {
 	node     string // path of the netns that plays the node, where it runs
 	socket   string
 	stateDir string
-	client   *daemon.Client
+	client   *api.Client
 	cmd      *exec.Cmd
 	log      *syncBuffer
 	exited   chan error
@@ -153,7 +153,7 @@ func startDaemonIn(t *testing.T, node, stateDir string, extra ...string) *daemon
 		args = append(args, "--dns", "none")
 	}
 	args = append(args, extra...)
-	d := &daemonProc{node: node, socket: sock, stateDir: stateDir, client: daemon.NewClient(sock), log: new(syncBuffer), exited: make(chan error, 1)}
+	d := &daemonProc{node: node, socket: sock, stateDir: stateDir, client: api.NewClient(sock), log: new(syncBuffer), exited: make(chan error, 1)}
 	// ip netns exec enters the namespace and execs the daemon, so the
 	// process the test signals is tapswitchd itself.
 	d.cmd = exec.Command("ip", args...)
@@ -236,7 +236,7 @@ func runCtl(args ...string) (string, error) {
 
 // pod is a test pod: a fresh netns attached to the daemon.
 type pod struct {
-	daemon.Pod
+	api.Pod
 	ns string
 }
 
@@ -246,7 +246,7 @@ func (p pod) addr() netip.Addr { return p.IPs[0].Addr() }
 func addPod(t *testing.T, d *daemonProc, id string) pod {
 	t.Helper()
 	ns := testutil.NewNetNS(t)
-	got, err := d.client.AddPod(context.Background(), daemon.PodRequest{ID: id, NetNS: ns})
+	got, err := d.client.AddPod(context.Background(), api.PodRequest{ID: id, NetNS: ns})
 	if err != nil {
 		t.Fatalf("AddPod(%s): %v", id, err)
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
 )
@@ -26,7 +26,7 @@ func TestOffloadToNoOffloadTransfer(t *testing.T) {
 	a := addPod(t, d, "gso-a")
 	off := false
 	nsB := testutil.NewNetNS(t)
-	pb, err := d.client.AddPod(context.Background(), daemon.PodRequest{ID: "gso-b", NetNS: nsB, Offloads: &off})
+	pb, err := d.client.AddPod(context.Background(), api.PodRequest{ID: "gso-b", NetNS: nsB, Offloads: &off})
 	if err != nil {
 		t.Fatal(err)
 	}

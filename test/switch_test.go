@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"testing"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/internal/testutil"
 	vswitch "tapswitch/switch"
 	"tapswitch/tap"
@@ -230,8 +230,8 @@ func TestCIDRExhausted(t *testing.T) {
 		addPod(t, d, fmt.Sprintf("ex-%d", i))
 	}
 	ns := testutil.NewNetNS(t)
-	_, err := d.client.AddPod(context.Background(), daemon.PodRequest{ID: "ex-4", NetNS: ns})
-	var ae *daemon.APIError
+	_, err := d.client.AddPod(context.Background(), api.PodRequest{ID: "ex-4", NetNS: ns})
+	var ae *api.APIError
 	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "10.251.7.0/29: no free address (4 of 4 in use)") {
 		t.Fatalf("fifth AddPod = %v, want exhausted error naming the cidr", err)
 	}
@@ -271,7 +271,7 @@ func TestPodsJSON(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pods -o json: %v\n%s", err, out)
 	}
-	var pods []daemon.Pod
+	var pods []api.Pod
 	if err := json.Unmarshal([]byte(out), &pods); err != nil {
 		t.Fatalf("pods -o json is not JSON: %v\n%s", err, out)
 	}

@@ -12,9 +12,10 @@ import (
 	"time"
 
 	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
-type runFunc = func(ctx context.Context, c *daemon.Client, out output) error
+type runFunc = func(ctx context.Context, c *api.Client, out output) error
 
 func podAddCmd(fs *flag.FlagSet) runFunc {
 	id := fs.String("id", "", "pod `id` (required)")
@@ -23,7 +24,7 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 	noOffloads := fs.Bool("no-offloads", false, "turn TSO and checksum offload off on this pod's TAP")
 	podNS := fs.String("pod-namespace", "", "Kubernetes `namespace` of the pod, recorded and shown (optional)")
 	podName := fs.String("pod-name", "", "Kubernetes `name` of the pod, recorded and shown (optional)")
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		if *id == "" || *netns == "" {
 			return fmt.Errorf("%w: pod add needs --id and --netns", errUsage)
 		}
@@ -32,7 +33,7 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 		if err != nil {
 			return err
 		}
-		req := daemon.PodRequest{ID: *id, NetNS: path, IfName: *ifname, PodNamespace: *podNS, PodName: *podName}
+		req := api.PodRequest{ID: *id, NetNS: path, IfName: *ifname, PodNamespace: *podNS, PodName: *podName}
 		if *noOffloads {
 			off := false
 			req.Offloads = &off
@@ -44,13 +45,13 @@ func podAddCmd(fs *flag.FlagSet) runFunc {
 		if out.json {
 			return out.printJSON(pod)
 		}
-		return printPods(out, []daemon.Pod{pod})
+		return printPods(out, []api.Pod{pod})
 	}
 }
 
 func podDelCmd(fs *flag.FlagSet) runFunc {
 	id := fs.String("id", "", "pod `id` (required)")
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		if *id == "" {
 			return fmt.Errorf("%w: pod del needs --id", errUsage)
 		}
@@ -66,7 +67,7 @@ func podDelCmd(fs *flag.FlagSet) runFunc {
 }
 
 func podsCmd(fs *flag.FlagSet) runFunc {
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		pods, err := c.Pods(ctx)
 		if err != nil {
 			return err
@@ -78,7 +79,7 @@ func podsCmd(fs *flag.FlagSet) runFunc {
 	}
 }
 
-func printPods(out output, pods []daemon.Pod) error {
+func printPods(out output, pods []api.Pod) error {
 	tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tPOD\tIFNAME\tMAC\tIPS\tGATEWAYS\tPORT\tNETNS")
 	for _, p := range pods {
@@ -104,7 +105,7 @@ func join[T fmt.Stringer](l []T) string {
 }
 
 func ipamCmd(fs *flag.FlagSet) runFunc {
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		leases, err := c.Leases(ctx)
 		if err != nil {
 			return err
@@ -122,7 +123,7 @@ func ipamCmd(fs *flag.FlagSet) runFunc {
 }
 
 func fdbCmd(fs *flag.FlagSet) runFunc {
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		fdb, err := c.FDB(ctx)
 		if err != nil {
 			return err
@@ -140,7 +141,7 @@ func fdbCmd(fs *flag.FlagSet) runFunc {
 }
 
 func statsCmd(fs *flag.FlagSet) runFunc {
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		st, err := c.Stats(ctx)
 		if err != nil {
 			return err

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"text/tabwriter"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // The port forward commands: forward add, forward del, forward list. The
@@ -17,26 +17,26 @@ func forwardAddCmd(fs *flag.FlagSet) runFunc {
 	listen := fs.String("listen", "", "host `address:port` to listen on, e.g. 127.0.0.1:8080 or [::1]:8080 (required)")
 	pod := fs.String("pod", "", "`id` of the pod to forward to (required)")
 	port := fs.Int("port", 0, "`port` of the pod to forward to (required)")
-	proto := fs.String("proto", daemon.ProtoTCP, "`protocol`: tcp or udp")
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	proto := fs.String("proto", api.ProtoTCP, "`protocol`: tcp or udp")
+	return func(ctx context.Context, c *api.Client, out output) error {
 		if *listen == "" || *pod == "" || *port == 0 {
 			return fmt.Errorf("%w: forward add needs --listen, --pod and --port", errUsage)
 		}
-		fw, err := c.AddForward(ctx, daemon.ForwardRequest{Listen: *listen, Proto: *proto, Pod: *pod, Port: *port})
+		fw, err := c.AddForward(ctx, api.ForwardRequest{Listen: *listen, Proto: *proto, Pod: *pod, Port: *port})
 		if err != nil {
 			return err
 		}
 		if out.json {
 			return out.printJSON(fw)
 		}
-		return printForwards(out, []daemon.Forward{fw})
+		return printForwards(out, []api.Forward{fw})
 	}
 }
 
 func forwardDelCmd(fs *flag.FlagSet) runFunc {
 	listen := fs.String("listen", "", "host `address:port` of the forward (required)")
-	proto := fs.String("proto", daemon.ProtoTCP, "`protocol` of the forward: tcp or udp")
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	proto := fs.String("proto", api.ProtoTCP, "`protocol` of the forward: tcp or udp")
+	return func(ctx context.Context, c *api.Client, out output) error {
 		if *listen == "" {
 			return fmt.Errorf("%w: forward del needs --listen", errUsage)
 		}
@@ -52,7 +52,7 @@ func forwardDelCmd(fs *flag.FlagSet) runFunc {
 }
 
 func forwardListCmd(fs *flag.FlagSet) runFunc {
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		fws, err := c.Forwards(ctx)
 		if err != nil {
 			return err
@@ -64,7 +64,7 @@ func forwardListCmd(fs *flag.FlagSet) runFunc {
 	}
 }
 
-func printForwards(out output, fws []daemon.Forward) error {
+func printForwards(out output, fws []api.Forward) error {
 	tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROTO\tLISTEN\tPOD\tTARGET\tSTATUS")
 	for _, f := range fws {

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 const usage = `Usage: tapswitchctl COMMAND [flags]
@@ -38,7 +38,7 @@ Commands:
   fdb                                            list learned MAC addresses
   stats                                          per-port counters
 
-Every command takes --socket PATH (default ` + daemon.DefaultSocket + `)
+Every command takes --socket PATH (default ` + api.DefaultSocket + `)
 and -o table|json. Run "tapswitchctl COMMAND -h" for its flags.
 `
 
@@ -66,7 +66,7 @@ var errUsage = errors.New("usage")
 // command is one subcommand: its flags and what it does with a client.
 type command struct {
 	name  string
-	flags func(fs *flag.FlagSet) func(ctx context.Context, c *daemon.Client, out output) error
+	flags func(fs *flag.FlagSet) func(ctx context.Context, c *api.Client, out output) error
 }
 
 var commands = []command{
@@ -99,7 +99,7 @@ func run(args []string, stdout io.Writer) error {
 	}
 	fs := flag.NewFlagSet("tapswitchctl "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
-	socket := fs.String("socket", daemon.DefaultSocket, "`path` of tapswitchd's unix socket")
+	socket := fs.String("socket", api.DefaultSocket, "`path` of tapswitchd's unix socket")
 	format := fs.String("o", "table", "output `format`: table or json")
 	exec := cmd.flags(fs)
 	if err := fs.Parse(rest); err != nil {
@@ -116,7 +116,7 @@ func run(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	return exec(ctx, daemon.NewClient(*socket), output{w: stdout, json: *format == "json"})
+	return exec(ctx, api.NewClient(*socket), output{w: stdout, json: *format == "json"})
 }
 
 // leadingFlags splits off the common flags given before the command, as in

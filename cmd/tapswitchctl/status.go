@@ -6,14 +6,14 @@ import (
 	"fmt"
 	"text/tabwriter"
 
-	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 )
 
 // podCheckCmd checks a pod's interface against what the daemon made (what
 // a CNI CHECK asks the daemon); it fails naming every difference.
 func podCheckCmd(fs *flag.FlagSet) runFunc {
 	id := fs.String("id", "", "pod `id` (required)")
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		if *id == "" {
 			return fmt.Errorf("%w: pod check needs --id", errUsage)
 		}
@@ -32,7 +32,7 @@ func podCheckCmd(fs *flag.FlagSet) runFunc {
 // statusCmd prints the pod count and each pod CIDR's free addresses (what
 // a CNI STATUS asks the daemon).
 func statusCmd(fs *flag.FlagSet) runFunc {
-	return func(ctx context.Context, c *daemon.Client, out output) error {
+	return func(ctx context.Context, c *api.Client, out output) error {
 		st, err := c.Status(ctx)
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"tapswitch/daemon"
+	"tapswitch/daemon/api"
 	"tapswitch/ipam"
 	vswitch "tapswitch/switch"
 )
@@ -37,7 +38,7 @@ func run(args []string) error {
 		podCIDR6  = fs.String("pod-cidr6", "", "optional IPv6 `cidr` of the pods, for dual stack")
 		reserve   = fs.String("reserve", "", "pod `addresses` never given to pods, comma-separated: 10.244.0.10, 10.244.0.16/28, 10.244.0.20-10.244.0.29")
 		stateDir  = fs.String("state-dir", daemon.DefaultStateDir, "`dir`ectory of the daemon's state")
-		socket    = fs.String("socket", daemon.DefaultSocket, "`path` of the API's unix socket")
+		socket    = fs.String("socket", api.DefaultSocket, "`path` of the API's unix socket")
 		mtu       = fs.Int("mtu", daemon.DefaultMTU, "MTU of the pod interfaces")
 		noOffload = fs.Bool("no-offloads", false, "turn TSO and checksum offload off on new pod TAPs (the pods' kernels segment instead)")
 		queues    = fs.Int("queues", 0, "receive queues per pod TAP (default: CPUs, at most 4)")

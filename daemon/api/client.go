@@ -1,4 +1,4 @@
-package daemon
+package api
 
 import (
 	"bytes"
@@ -16,6 +16,9 @@ import (
 	"tapswitch/ipam"
 	vswitch "tapswitch/switch"
 )
+
+// DefaultSocket is where tapswitchd listens and clients look by default.
+const DefaultSocket = "/run/tapswitch/tapswitchd.sock"
 
 // ErrUnavailable means the daemon did not answer: it is not running, or
 // its socket is somewhere else. Callers may try again later.
@@ -169,7 +172,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode >= 300 {
-		var ae apiError
+		var ae ErrorBody
 		if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
 			ae.Error = fmt.Sprintf("daemon answered %s", resp.Status)
 		}

@@ -1,4 +1,4 @@
-package daemon
+package api
 
 import (
 	"net/netip"
@@ -7,7 +7,8 @@ import (
 	vswitch "tapswitch/switch"
 )
 
-// The API's JSON types, shared by the server and the Go client.
+// The API's JSON types, shared by the server (package daemon) and the Go
+// client.
 
 // PodRequest asks for a pod attachment (POST /v1/pods).
 type PodRequest struct {
@@ -65,7 +66,22 @@ type Stats struct {
 	Ports      []vswitch.PortStats `json:"ports"`
 }
 
-// apiError is the body of every error answer.
-type apiError struct {
+// Status is the answer of GET /v1/status: whether the daemon can attach
+// another pod.
+type Status struct {
+	Pods  int    `json:"pods"`
+	Pools []Pool `json:"pools"`
+}
+
+// Pool is one pod CIDR's addresses: Size usable by pods, Free of them
+// still to lease.
+type Pool struct {
+	CIDR netip.Prefix `json:"cidr"`
+	Size uint64       `json:"size"`
+	Free uint64       `json:"free"`
+}
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
 	Error string `json:"error"`
 }
