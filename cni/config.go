@@ -82,6 +82,8 @@ type k8sArgs struct {
 	K8S_POD_NAME               types.UnmarshallableString
 	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString
 	K8S_POD_UID                types.UnmarshallableString
+	// MAC is podman's --mac-address; runtimeConfig.mac wins over it.
+	MAC types.UnmarshallableString
 }
 
 // parseArgs decodes CNI_ARGS.
@@ -172,15 +174,22 @@ func forwardRequests(podID string, mappings []PortMapping, podIPs []netip.Prefix
 	return out, nil
 }
 
+// notIDChar reports the characters a pod ID may not hold: the CNI spec's
+// container ID characters are letters, digits, '_', '.' and '-'.
+func notIDChar(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-')
+}
+
 // maxIDLen is the daemon's bound on a pod ID.
 const maxIDLen = 253
 
 // PodID is the daemon's pod ID for the attachment (containerID, ifname):
-// "CONTAINERID.IFNAME", or a hash of the two when that is too long. The
-// pod also records both, so a collision is detected, never acted on.
+// "CONTAINERID.IFNAME", or a hash of the two when that is too long or the
+// interface name has characters a pod ID may not (Linux allows "net@1").
+// The pod also records both, so a collision is detected, never acted on.
 func PodID(containerID, ifname string) string {
 	id := containerID + "." + ifname
-	if len(id) <= maxIDLen {
+	if len(id) <= maxIDLen && !strings.ContainsFunc(id, notIDChar) {
 		return id
 	}
 	sum := sha256.Sum256([]byte(containerID + "/" + ifname))

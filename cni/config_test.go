@@ -66,11 +66,11 @@ func TestParseConfig(t *testing.T) {
 }
 
 func TestParseArgs(t *testing.T) {
-	a, err := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;OTHER=x")
+	a, err := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;MAC=02:00:00:00:00:05;OTHER=x")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.K8S_POD_NAMESPACE != "kube-system" || a.K8S_POD_NAME != "coredns-1" {
+	if a.K8S_POD_NAMESPACE != "kube-system" || a.K8S_POD_NAME != "coredns-1" || a.MAC != "02:00:00:00:00:05" {
 		t.Errorf("parsed %+v", a)
 	}
 	if _, err := parseArgs(""); err != nil {
@@ -149,5 +149,12 @@ func TestPodID(t *testing.T) {
 	}
 	if PodID(long, "eth0") != a {
 		t.Error("PodID is not stable")
+	}
+	// Linux allows interface names a pod ID may not hold.
+	for _, ifname := range []string{"net@1", "eth+0", "ö"} {
+		id := PodID(cid, ifname)
+		if !strings.HasPrefix(id, "cni-") || strings.ContainsFunc(id, notIDChar) {
+			t.Errorf("PodID(%q) = %q, want a hashed ID", ifname, id)
+		}
 	}
 }

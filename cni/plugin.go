@@ -23,6 +23,9 @@ import (
 const (
 	opTimeout     = 60 * time.Second
 	statusTimeout = 10 * time.Second
+	// undoTimeout bounds the undo of a failed ADD, which runs even when
+	// the failure was opTimeout running out.
+	undoTimeout = 10 * time.Second
 )
 
 // Funcs are the plugin's command handlers, for skel.PluginMainFuncs.
@@ -42,7 +45,13 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	mac, err := parseMAC(conf.RuntimeConfig.MAC)
+	macArg := conf.RuntimeConfig.MAC
+	if macArg == "" {
+		// podman's --mac-address comes as CNI_ARGS MAC=, as the bridge
+		// plugin takes it.
+		macArg = string(kargs.MAC)
+	}
+	mac, err := parseMAC(macArg)
 	if err != nil {
 		return err
 	}
@@ -67,10 +76,13 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return daemonError("attach the pod", err)
 	}
 	undo := func() {
-		if made {
-			if derr := c.DeletePod(ctx, id); derr != nil {
-				fmt.Fprintf(os.Stderr, "tapswitch: undo attachment of %s: %v\n", id, derr)
-			}
+		if !made {
+			return
+		}
+		uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		defer ucancel()
+		if derr := c.DeletePod(uctx, id); derr != nil {
+			fmt.Fprintf(os.Stderr, "tapswitch: undo attachment of %s: %v\n", id, derr)
 		}
 	}
 
@@ -78,12 +90,48 @@ func cmdAdd(args *skel.CmdArgs) error {
 		undo()
 		return err
 	}
-	res, err := Result(pod, conf.CNIVersion)
+	res, err := addResult(pod, conf)
+	if err == nil {
+		err = types.PrintResult(res, conf.CNIVersion)
+	}
 	if err != nil {
 		undo()
 		return err
 	}
-	return types.PrintResult(res, conf.CNIVersion)
+	return nil
+}
+
+// addResult is ADD's answer: the pod's result, after the interfaces, IPs,
+// routes and nameservers of prevResult when a plugin ran before this one
+// (a loopback plugin listed first, say), as the spec asks.
+func addResult(pod api.Pod, conf *NetConf) (types.Result, error) {
+	res, err := Result(pod, conf.CNIVersion)
+	if err != nil || conf.PrevResult == nil {
+		return res, err
+	}
+	prev, err := types100.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "cannot convert prevResult", err.Error())
+	}
+	ours, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("cni: convert result: %w", err)
+	}
+	shift := len(prev.Interfaces)
+	prev.Interfaces = append(prev.Interfaces, ours.Interfaces...)
+	for _, ip := range ours.IPs {
+		if ip.Interface != nil {
+			ip.Interface = types100.Int(*ip.Interface + shift)
+		}
+		prev.IPs = append(prev.IPs, ip)
+	}
+	prev.Routes = append(prev.Routes, ours.Routes...)
+	prev.DNS.Nameservers = append(prev.DNS.Nameservers, ours.DNS.Nameservers...)
+	out, err := prev.GetAsVersion(conf.CNIVersion)
+	if err != nil {
+		return nil, fmt.Errorf("cni: convert result to %s: %w", conf.CNIVersion, err)
+	}
+	return out, nil
 }
 
 // sameAttachment reports whether the daemon's pod is the attachment args
@@ -135,8 +183,9 @@ func ensureForwards(ctx context.Context, c *api.Client, pod api.Pod, mappings []
 
 // cmdDel detaches the pod: its TAP, addresses and port forwards go. It
 // succeeds when there is nothing to delete: the netns gone, CNI_NETNS
-// empty, the pod unknown, a second DEL. Only a daemon that does not answer
-// fails it (code 11), since the address would stay leased.
+// empty, the pod unknown, a second DEL. Only a daemon that does not answer,
+// or a pod still being attached, fails it (code 11, try again), since the
+// address would stay leased.
 func cmdDel(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -148,13 +197,14 @@ func cmdDel(args *skel.CmdArgs) error {
 
 	id := PodID(args.ContainerID, args.IfName)
 	pod, err := c.Pod(ctx, id)
-	if isStatus(err, http.StatusNotFound) {
-		return nil
-	}
-	if err != nil {
+	switch {
+	case isStatus(err, http.StatusNotFound):
+		// No ready pod, but maybe one being attached by an ADD the
+		// runtime gave up on: the delete then answers busy (503, code 11)
+		// and the runtime tries again once the ADD is done.
+	case err != nil:
 		return daemonError("look up the pod", err)
-	}
-	if pod.ContainerID != args.ContainerID || pod.IfName != args.IfName {
+	case pod.ContainerID != args.ContainerID || pod.IfName != args.IfName:
 		// Another attachment has this ID (a pod made with tapswitchctl):
 		// not ours to delete.
 		return nil
@@ -220,7 +270,7 @@ const ErrCheckFailed uint = 100
 func resultDiffs(pod api.Pod, prev *types100.Result) []string {
 	idx := -1
 	for i, iface := range prev.Interfaces {
-		if iface.Name == pod.IfName && iface.Sandbox != "" {
+		if iface != nil && iface.Name == pod.IfName && iface.Sandbox != "" {
 			idx = i
 			break
 		}
@@ -238,7 +288,7 @@ func resultDiffs(pod api.Pod, prev *types100.Result) []string {
 	}
 	var prevIPs []string
 	for _, ipc := range prev.IPs {
-		if ipc.Interface != nil && *ipc.Interface == idx {
+		if ipc != nil && ipc.Interface != nil && *ipc.Interface == idx {
 			prevIPs = append(prevIPs, ipc.Address.String())
 		}
 	}
@@ -246,10 +296,13 @@ func resultDiffs(pod api.Pod, prev *types100.Result) []string {
 	for _, p := range pod.IPs {
 		podIPs = append(podIPs, p.String())
 	}
-	slices.Sort(prevIPs)
-	slices.Sort(podIPs)
-	if !slices.Equal(prevIPs, podIPs) {
-		diffs = append(diffs, fmt.Sprintf("interface %s has addresses %v, prevResult says %v", pod.IfName, podIPs, prevIPs))
+	// A later plugin may have given the interface more addresses; every
+	// one of the pod's must be there.
+	for _, ip := range podIPs {
+		if !slices.Contains(prevIPs, ip) {
+			diffs = append(diffs, fmt.Sprintf("interface %s has addresses %v, prevResult says %v", pod.IfName, podIPs, prevIPs))
+			break
+		}
 	}
 	return diffs
 }
@@ -307,7 +360,10 @@ func cmdGC(args *skel.CmdArgs) error {
 		if pod.Network != conf.Name || pod.ContainerID == "" || valid[types.GCAttachment{ContainerID: pod.ContainerID, IfName: pod.IfName}] {
 			continue
 		}
-		if err := c.DeletePod(ctx, pod.ID); err != nil && !isStatus(err, http.StatusNotFound) {
+		// Gone already, or being deleted by a DEL right now: either way
+		// not stale any more.
+		err := c.DeletePod(ctx, pod.ID)
+		if err != nil && !isStatus(err, http.StatusNotFound) && !isStatus(err, http.StatusServiceUnavailable) {
 			errs = append(errs, fmt.Sprintf("pod %s: %v", pod.ID, err))
 		}
 	}
@@ -334,6 +390,8 @@ func daemonError(what string, err error) error {
 	case errors.Is(err, api.ErrUnavailable):
 		return types.NewError(types.ErrTryAgainLater, "tapswitchd is not answering; try again later",
 			fmt.Sprintf("%s: %v", what, err))
+	case errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable:
+		return types.NewError(types.ErrTryAgainLater, "the attachment is being made or deleted; try again later", ae.Message)
 	case errors.As(err, &ae) && ae.Status == http.StatusInsufficientStorage:
 		return types.NewError(types.ErrTryAgainLater, "no free pod address; try again later", ae.Message)
 	case errors.As(err, &ae) && ae.Status == http.StatusBadRequest:

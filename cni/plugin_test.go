@@ -1,7 +1,9 @@
 package cni
 
 import (
+	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -73,6 +75,7 @@ func TestDaemonError(t *testing.T) {
 		{&api.APIError{Status: http.StatusInsufficientStorage, Message: "ipam: 10.0.0.0/29: no free address"}, types.ErrTryAgainLater, "no free address"},
 		{&api.APIError{Status: http.StatusBadRequest, Message: "invalid request: netns path"}, types.ErrInvalidEnvironmentVariables, "netns path"},
 		{&api.APIError{Status: http.StatusConflict, Message: "mac in use"}, types.ErrInternal, "mac in use"},
+		{&api.APIError{Status: http.StatusServiceUnavailable, Message: "busy: pod p is being attached or deleted"}, types.ErrTryAgainLater, "being attached"},
 		{fmt.Errorf("decode answer"), types.ErrInternal, "decode answer"},
 	}
 	for _, tt := range tests {
@@ -80,5 +83,74 @@ func TestDaemonError(t *testing.T) {
 		if code := cniCode(t, err); code != tt.code || !strings.Contains(err.Error(), tt.says) {
 			t.Errorf("daemonError(%v) = %v (code %d), want code %d saying %q", tt.err, err, code, tt.code, tt.says)
 		}
+	}
+}
+
+// TestAddResultAfterPrevResult checks ADD keeps what an earlier plugin of
+// the chain reported and points its own IPs at its own interface.
+func TestAddResultAfterPrevResult(t *testing.T) {
+	lo := &types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{{Name: "lo", Sandbox: "/var/run/netns/pod-a"}},
+		IPs:        []*types100.IPConfig{{Interface: types100.Int(0), Address: net.IPNet{IP: net.IPv4(127, 0, 0, 1).To4(), Mask: net.CIDRMask(8, 32)}}},
+		DNS:        types.DNS{Nameservers: []string{"192.0.2.53"}},
+	}
+	for _, ver := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(ver, func(t *testing.T) {
+			prev, err := lo.GetAsVersion(ver)
+			if err != nil {
+				t.Fatal(err)
+			}
+			prevJSON, err := json.Marshal(prev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conf, err := parseConfig([]byte(`{"cniVersion":"` + ver + `","name":"n","type":"tapswitch","prevResult":` + string(prevJSON) + `}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := addResult(dualPod(), conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := types100.NewResultFromResult(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(r.Interfaces) != 2 || r.Interfaces[0].Name != "lo" || r.Interfaces[1].Name != "eth0" {
+				t.Fatalf("interfaces %+v, want lo then eth0", r.Interfaces)
+			}
+			if len(r.IPs) != 3 || *r.IPs[0].Interface != 0 || *r.IPs[1].Interface != 1 || *r.IPs[2].Interface != 1 {
+				t.Errorf("ips %v, want lo's then eth0's two", r.IPs)
+			}
+			if len(r.Routes) != 2 {
+				t.Errorf("routes %v, want our two default routes", r.Routes)
+			}
+			if want := []string{"192.0.2.53", "10.88.0.1", "fd00:88::1"}; strings.Join(r.DNS.Nameservers, ",") != strings.Join(want, ",") {
+				t.Errorf("nameservers %v, want %v", r.DNS.Nameservers, want)
+			}
+			// And CHECK against that merged result finds eth0 as it is.
+			if d := resultDiffs(dualPod(), r); len(d) != 0 {
+				t.Errorf("CHECK diffs against the merged result: %v", d)
+			}
+		})
+	}
+}
+
+// TestResultDiffsNilEntries checks a prevResult with null entries is a
+// difference, not a panic.
+func TestResultDiffsNilEntries(t *testing.T) {
+	prev := prevResultOf(t, v4Pod())
+	prev.Interfaces = append([]*types100.Interface{nil}, prev.Interfaces...)
+	prev.IPs = append([]*types100.IPConfig{nil}, prev.IPs...)
+	for _, ip := range prev.IPs[1:] {
+		ip.Interface = types100.Int(1)
+	}
+	if d := resultDiffs(v4Pod(), prev); len(d) != 0 {
+		t.Errorf("diffs %v, want none: the nulls are not eth0's", d)
+	}
+	prev.Interfaces = []*types100.Interface{nil}
+	if d := resultDiffs(v4Pod(), prev); len(d) == 0 {
+		t.Error("no diffs with only a null interface")
 	}
 }

@@ -132,6 +132,8 @@ func writeError(w http.ResponseWriter, err error) {
 		status = http.StatusBadRequest
 	case errors.Is(err, ErrNotFound):
 		status = http.StatusNotFound
+	case errors.Is(err, ErrBusy):
+		status = http.StatusServiceUnavailable
 	case errors.Is(err, ErrConflict), errors.Is(err, ErrMismatch):
 		status = http.StatusConflict
 	case errors.Is(err, ErrExhausted):

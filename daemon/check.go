@@ -3,11 +3,11 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"slices"
 	"strings"
 
 	"tapswitch/daemon/api"
+	"tapswitch/internal/netnsutil"
 	"tapswitch/tap"
 )
 
@@ -29,7 +29,7 @@ func (d *Daemon) CheckPod(id string) (api.Pod, error) {
 	}
 	link, err := tap.Inspect(pod.NetNS, pod.IfName)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case netnsutil.Gone(err):
 		diffs = append(diffs, fmt.Sprintf("netns %s is gone", pod.NetNS))
 	case errors.Is(err, tap.ErrNotFound):
 		diffs = append(diffs, fmt.Sprintf("no interface %s in netns %s", pod.IfName, pod.NetNS))

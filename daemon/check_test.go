@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -121,4 +124,31 @@ func ipNetOf(s string) *net.IPNet {
 	}
 	n.IP = ip
 	return n
+}
+
+// TestBusyPod checks a pod in the middle of its add answers ErrBusy (503)
+// to a second add and to a delete, and is not listed.
+func TestBusyPod(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	d := newTestDaemon(t, t.TempDir())
+	pod := api.Pod{ID: "busy", NetNS: ns, IfName: "eth0", MAC: podMAC("busy", "eth0")}
+	if err := d.reserve(&pod); err != nil { // as AddPod does before making the TAP
+		t.Fatal(err)
+	}
+	if _, err := d.AddPod(api.PodRequest{ID: "busy", NetNS: ns}); !errors.Is(err, ErrBusy) {
+		t.Errorf("AddPod of a pod being added = %v, want ErrBusy", err)
+	}
+	if err := d.DeletePod("busy"); !errors.Is(err, ErrBusy) {
+		t.Errorf("DeletePod of a pod being added = %v, want ErrBusy", err)
+	}
+	if _, err := d.PodByID("busy"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("PodByID of a pod being added = %v, want ErrNotFound", err)
+	}
+	rec := httptest.NewRecorder()
+	writeError(rec, fmt.Errorf("%w: x", ErrBusy))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("ErrBusy answers %d, want 503", rec.Code)
+	}
+	d.unreserve(pod)
 }

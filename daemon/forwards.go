@@ -116,7 +116,7 @@ func (d *Daemon) AddForward(req api.ForwardRequest) (api.Forward, error) {
 	case !ok:
 		return api.Forward{}, fmt.Errorf("%w: pod %s", ErrNotFound, fw.Pod)
 	case e.state != podReady:
-		return api.Forward{}, fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, fw.Pod)
+		return api.Forward{}, fmt.Errorf("%w: pod %s is being attached or deleted", ErrBusy, fw.Pod)
 	}
 	if other, dup := d.forwards[key]; dup {
 		return api.Forward{}, fmt.Errorf("%w: forward %s exists (to pod %s port %d)", ErrConflict, key, other.fw.Pod, other.fw.Port)

@@ -4,8 +4,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -23,6 +21,9 @@ import (
 var (
 	ErrInvalid  = errors.New("invalid request")
 	ErrConflict = errors.New("conflict")
+	// ErrBusy: another call is attaching or deleting that pod right now;
+	// the API answers 503, try again.
+	ErrBusy = errors.New("busy")
 	ErrNotFound = errors.New("not found")
 )
 
@@ -36,22 +37,21 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$`)
 // name; the length bound is ours.
 var cniName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,999}$`)
 
-// Kubernetes names (k8s.io/apimachinery validation): a namespace is a
-// DNS-1123 label, a pod name a DNS-1123 subdomain.
-var (
-	validNamespace = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-	validPodName   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$`)
-)
+// podName is what a pod's namespace and name may hold. Kubernetes names
+// are DNS-1123 labels and subdomains, but podman passes its container
+// name as K8S_POD_NAME (happy_turing, or a user's MyDB), and the two are
+// only recorded and shown: so the CNI name rule, as for IDs.
+var podName = validID
 
 func validateRequest(req *api.PodRequest) error {
 	if !validID.MatchString(req.ID) {
 		return fmt.Errorf("%w: pod id %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.ID)
 	}
-	if req.PodNamespace != "" && !validNamespace.MatchString(req.PodNamespace) {
-		return fmt.Errorf("%w: pod namespace %q: want a DNS-1123 label (lower-case letters, digits and '-', at most 63)", ErrInvalid, req.PodNamespace)
+	if req.PodNamespace != "" && !podName.MatchString(req.PodNamespace) {
+		return fmt.Errorf("%w: pod namespace %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.PodNamespace)
 	}
-	if req.PodName != "" && !validPodName.MatchString(req.PodName) {
-		return fmt.Errorf("%w: pod name %q: want a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)", ErrInvalid, req.PodName)
+	if req.PodName != "" && !podName.MatchString(req.PodName) {
+		return fmt.Errorf("%w: pod name %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.PodName)
 	}
 	if req.ContainerID != "" && !cniName.MatchString(req.ContainerID) {
 		return fmt.Errorf("%w: container id %q: use letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.ContainerID)
@@ -129,7 +129,7 @@ func (d *Daemon) reserve(pod *api.Pod) error {
 		if e.state == podReady {
 			return fmt.Errorf("%w: pod %s is already attached", ErrConflict, pod.ID)
 		}
-		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, pod.ID)
+		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrBusy, pod.ID)
 	}
 	if owner := d.macOwnerLocked(pod.MAC); owner != "" {
 		return fmt.Errorf("%w: mac %s is in use by %s", ErrConflict, pod.MAC, owner)
@@ -281,7 +281,7 @@ func (d *Daemon) DeletePod(id string) error {
 		return fmt.Errorf("%w: pod %s", ErrNotFound, id)
 	case e.state != podReady:
 		d.mu.Unlock()
-		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrConflict, id)
+		return fmt.Errorf("%w: pod %s is being attached or deleted", ErrBusy, id)
 	}
 	e.state = podDeleting
 	if err := d.saveLocked(); err != nil {
@@ -381,7 +381,7 @@ func (d *Daemon) restore() error {
 			d.finishLocked(pod, "interrupted "+string(sp.State))
 			continue
 		}
-		if _, err := os.Stat(pod.NetNS); errors.Is(err, fs.ErrNotExist) {
+		if netnsGone(pod.NetNS) {
 			d.forgetLocked(pod, "netns is gone")
 			continue
 		}
@@ -393,6 +393,16 @@ func (d *Daemon) restore() error {
 		d.reattachLocked(pod)
 	}
 	return d.restoreForwardsLocked(saved.Forwards)
+}
+
+// netnsGone reports whether the netns at path is gone: no file, or a
+// stale one whose namespace is no more (see netnsutil.Gone).
+func netnsGone(path string) bool {
+	h, err := netnsutil.Open(path)
+	if err == nil {
+		h.Close()
+	}
+	return netnsutil.Gone(err)
 }
 
 // reattachLocked opens the TAP of a saved pod and attaches it, or forgets

@@ -145,14 +145,14 @@ func checkLink(h *netlink.Handle, cfg *Config) (netlink.Link, error) {
 }
 
 // Delete removes the TAP device name from the netns at netnsPath. It
-// returns nil if the netns or the device is already gone, and an error if
-// name is a device of another kind.
+// returns nil if the netns (see netnsutil.Gone) or the device is already
+// gone, and an error if name is a device of another kind.
 func Delete(netnsPath, name string) error {
 	if err := ValidName(name); err != nil {
 		return err
 	}
 	h, err := newHandle(netnsPath)
-	if errors.Is(err, fs.ErrNotExist) {
+	if netnsutil.Gone(err) {
 		return nil
 	} else if err != nil {
 		return fmt.Errorf("tap: delete %s: %w", name, err)
@@ -181,7 +181,7 @@ func Exists(netnsPath, name string) (bool, error) {
 		return false, err
 	}
 	h, err := newHandle(netnsPath)
-	if errors.Is(err, fs.ErrNotExist) {
+	if netnsutil.Gone(err) {
 		return false, nil
 	} else if err != nil {
 		return false, fmt.Errorf("tap: look up %s: %w", name, err)

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -236,6 +238,18 @@ func TestBadNetNS(t *testing.T) {
 	}
 	if err := Delete(missing, "a/b"); err == nil {
 		t.Errorf("Delete of an invalid name = nil, want error")
+	}
+
+	// A stale netns file (its mount gone) holds no device either.
+	stale := filepath.Join(t.TempDir(), "stale")
+	if err := os.WriteFile(stale, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := Delete(stale, "eth0"); err != nil {
+		t.Errorf("Delete in a stale netns file = %v, want nil", err)
+	}
+	if ok, err := Exists(stale, "eth0"); ok || err != nil {
+		t.Errorf("Exists in a stale netns file = %v, %v, want false, nil", ok, err)
 	}
 }
 

@@ -26,8 +26,9 @@ type Link struct {
 	Gateways []netip.Addr
 }
 
-// Inspect looks up the device name in the netns at netnsPath. A missing
-// netns matches fs.ErrNotExist, a missing device ErrNotFound.
+// Inspect looks up the device name in the netns at netnsPath. A netns
+// that is gone satisfies netnsutil.Gone, a missing device matches
+// ErrNotFound.
 func Inspect(netnsPath, name string) (Link, error) {
 	if err := ValidName(name); err != nil {
 		return Link{}, err

@@ -689,11 +689,22 @@ func TestCNIArgs(t *testing.T) {
 	}
 	rig.mustDel(t, l, rt)
 
-	// A pod name Kubernetes could not have made: the daemon refuses it.
-	bad := k8sRuntime(uniqueID("args"), testutil.NewNetNS(t), "Not_A_Pod")
+	// podman passes its container name as K8S_POD_NAME: underscores and
+	// capitals are taken and recorded.
+	podman := k8sRuntime(uniqueID("args"), testutil.NewNetNS(t), "Happy_Turing")
+	rig.mustAdd(t, l, podman)
+	if p := attachedPod(t, d, podman); p.PodName != "Happy_Turing" {
+		t.Errorf("pod records name %q, want Happy_Turing", p.PodName)
+	}
+	rig.mustDel(t, l, podman)
+
+	// A name no runtime makes: the daemon refuses it, naming it.
+	bad := k8sRuntime(uniqueID("args"), testutil.NewNetNS(t), "bad/name")
 	_, err = rig.add(t, l, bad)
 	ce = requireCNIError(t, err, cniErrInvalidEnv)
-	t.Logf("ADD with pod name Not_A_Pod: %q / %q", ce.Msg, ce.Details)
+	if !strings.Contains(ce.Msg+ce.Details, "bad/name") {
+		t.Errorf("ADD with pod name bad/name: %q / %q, want the name in the error", ce.Msg, ce.Details)
+	}
 	requireGone(t, d, bad)
 	requireNoLeases(t, d)
 }

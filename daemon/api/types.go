@@ -19,8 +19,9 @@ type PodRequest struct {
 	// pod's TAP.
 	Offloads *bool `json:"offloads,omitempty"`
 	// PodNamespace and PodName name the Kubernetes pod, as runtimes pass
-	// them to CNI plugins (K8S_POD_NAMESPACE, K8S_POD_NAME). Optional;
-	// recorded and shown, never used to decide anything.
+	// them to CNI plugins (K8S_POD_NAMESPACE, K8S_POD_NAME; podman passes
+	// its container name). Optional; recorded and shown, never used to
+	// decide anything. Letters, digits, '_', '.' and '-'.
 	PodNamespace string `json:"pod_namespace,omitempty"`
 	PodName      string `json:"pod_name,omitempty"`
 	// MAC, if set, is the pod interface's MAC (CNI runtimeConfig.mac);

@@ -19,8 +19,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// errNotNetNS says a path names a file that is not a network namespace.
-var errNotNetNS = errors.New("not a network namespace")
+// ErrNotNetNS says a path names a file that is not a network namespace,
+// such as a stale /var/run/netns entry whose mount is gone.
+var ErrNotNetNS = errors.New("not a network namespace")
+
+// Gone reports whether err, from Open or Do, says there is no network
+// namespace at the path: no such file, or a file that is not (or no
+// longer) a namespace. Nothing can be inside such a namespace.
+func Gone(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrNotNetNS)
+}
 
 // Open returns a handle to the network namespace at path, such as
 // /var/run/netns/NAME or /proc/PID/ns/net; the caller closes it. Errors are
@@ -37,7 +45,7 @@ func Open(path string) (netns.NsHandle, error) {
 	typ, err := unix.IoctlRetInt(int(h), unix.NS_GET_NSTYPE)
 	if err != nil || typ != unix.CLONE_NEWNET {
 		h.Close()
-		return netns.None(), &fs.PathError{Op: "netns", Path: path, Err: errNotNetNS}
+		return netns.None(), &fs.PathError{Op: "netns", Path: path, Err: ErrNotNetNS}
 	}
 	return h, nil
 }

@@ -28,8 +28,18 @@ func TestOpenErrors(t *testing.T) {
 	if err := os.WriteFile(plain, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := netnsutil.Open(plain); err == nil || !strings.Contains(err.Error(), "not a network namespace") {
-		t.Errorf("Open(regular file) = %v, want not a network namespace", err)
+	_, err = netnsutil.Open(plain)
+	if err == nil || !strings.Contains(err.Error(), "not a network namespace") || !errors.Is(err, netnsutil.ErrNotNetNS) {
+		t.Errorf("Open(regular file) = %v, want ErrNotNetNS", err)
+	}
+	if !netnsutil.Gone(err) {
+		t.Errorf("Gone(%v) = false, want true: a stale netns file holds no namespace", err)
+	}
+	if _, err := netnsutil.Open(missing); !netnsutil.Gone(err) {
+		t.Errorf("Gone(%v) = false for a missing file", err)
+	}
+	if netnsutil.Gone(errors.New("permission denied")) {
+		t.Error("Gone(other error) = true")
 	}
 	if err := netnsutil.Do(plain, func() error { return nil }); err == nil {
 		t.Errorf("Do(regular file) = nil, want error")
