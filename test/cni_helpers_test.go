@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,6 +25,7 @@ import (
 
 	"tapswitch/cni"
 	"tapswitch/daemon/api"
+	"tapswitch/internal/netnsutil"
 	"tapswitch/ipam"
 	"tapswitch/tap"
 )
@@ -325,7 +325,7 @@ func requireGone(t *testing.T, d *daemonProc, rt *libcni.RuntimeConf) {
 	}
 	if _, err := tap.Inspect(rt.NetNS, rt.IfName); err == nil {
 		t.Errorf("%s is still in netns %s", rt.IfName, rt.NetNS)
-	} else if !errors.Is(err, tap.ErrNotFound) && !errors.Is(err, fs.ErrNotExist) {
+	} else if !errors.Is(err, tap.ErrNotFound) && !netnsutil.Gone(err) {
 		t.Errorf("inspect %s in %s: %v", rt.IfName, rt.NetNS, err)
 	}
 }

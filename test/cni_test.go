@@ -22,6 +22,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types040 "github.com/containernetworking/cni/pkg/types/040"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 
 	"tapswitch/cni"
 	"tapswitch/internal/testutil"
@@ -299,6 +300,18 @@ func TestCNIDelIdempotent(t *testing.T) {
 		if rootHasMAC(t, p.MAC.String()) {
 			t.Errorf("the pod's tap (mac %s) is in the root namespace after its netns went", p.MAC)
 		}
+	})
+	t.Run("netns file stale", func(t *testing.T) {
+		// The namespace's mount is gone but its file is left, as after a
+		// umount without rm: nothing can be inside it any more.
+		ns := newOwnNetNS(t)
+		rt := k8sRuntime(uniqueID("stale"), ns, "stale")
+		rig.mustAdd(t, l, rt)
+		if err := unix.Unmount(ns, unix.MNT_DETACH); err != nil {
+			t.Fatalf("umount %s: %v", ns, err)
+		}
+		rig.mustDel(t, l, rt)
+		requireGone(t, d, rt)
 	})
 	t.Run("twice", func(t *testing.T) {
 		rt := k8sRuntime(uniqueID("twice"), testutil.NewNetNS(t), "twice")
