@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"math"
@@ -9,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,7 +30,7 @@ func TestShortBench(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := run(ctx, []string{"-short", "-bin", bin, "-cni-tools", tools, "-out", out}, &testLog{t: t}); err != nil {
+	if err := run(ctx, []string{"-short", "-bin", bin, "-cni-tools", tools, "-out", out}, &testutil.LineLog{T: t}); err != nil {
 		t.Fatalf("bench -short: %v", err)
 	}
 	checkNothingLeft(t)
@@ -97,7 +95,7 @@ func TestShortScale(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	args := []string{"-scale", "-short", "-pods", "20", "-bin", bin, "-scale-out", out}
-	if err := run(ctx, args, &testLog{t: t}); err != nil {
+	if err := run(ctx, args, &testutil.LineLog{T: t}); err != nil {
 		t.Fatalf("bench %s: %v", strings.Join(args, " "), err)
 	}
 	checkNothingLeft(t)
@@ -173,26 +171,5 @@ func checkPositive(t *testing.T, where string, m map[string]float64, keys ...str
 		if !ok || !(x > 0) || math.IsInf(x, 0) {
 			t.Errorf("%s.%s = %v (present %v), want a positive number", where, k, x, ok)
 		}
-	}
-}
-
-// testLog writes the harness's output to the test log, line by line.
-type testLog struct {
-	t   *testing.T
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (l *testLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	for {
-		line, err := l.buf.ReadString('\n')
-		if err != nil {
-			l.buf.WriteString(line) // incomplete: keep for the next write
-			return len(p), nil
-		}
-		l.t.Log(strings.TrimSuffix(line, "\n"))
 	}
 }

@@ -1,14 +1,12 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -58,13 +56,7 @@ func runCNIToolScript(t *testing.T, cnitool, cniVersion string) {
 		"CNI_VERSION="+cniVersion,
 		"NETNS_PREFIX="+prefix,
 	)
-	if os.Getenv("GORACE") == "" {
-		// A race-enabled program sleeps 1 s before it exits, to let
-		// other goroutines report; the script runs tapswitchctl and the
-		// plugin some forty times.
-		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=0")
-	}
-	log := &lineLogger{t: t}
+	log := &testutil.LineLog{T: t}
 	cmd.Stdout, cmd.Stderr = log, log
 	// The script, the daemon and every tool it runs share a process
 	// group: SIGTERM to the group stops whatever is running and lets the
@@ -73,7 +65,7 @@ func runCNIToolScript(t *testing.T, cnitool, cniVersion string) {
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	err := cmd.Run()
-	log.flush()
+	log.Flush()
 	switch {
 	case ctx.Err() != nil && cmd.Process != nil:
 		// The trap had its time; stop anything left so that nothing
@@ -99,38 +91,4 @@ func namespacesWithPrefix(prefix string) []string {
 		}
 	}
 	return out
-}
-
-// lineLogger is an io.Writer that logs each complete line with t.Log, so
-// a script's output appears with -v as it runs, and on failure.
-type lineLogger struct {
-	t   *testing.T
-	mu  sync.Mutex // guards buf; stdout and stderr are written concurrently
-	buf bytes.Buffer
-}
-
-func (l *lineLogger) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	for {
-		line, err := l.buf.ReadString('\n')
-		if err != nil {
-			// An incomplete line waits for the rest.
-			l.buf.Reset()
-			l.buf.WriteString(line)
-			return len(p), nil
-		}
-		l.t.Log(strings.TrimSuffix(line, "\n"))
-	}
-}
-
-// flush logs what is left after the last newline.
-func (l *lineLogger) flush() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.buf.Len() > 0 {
-		l.t.Log(l.buf.String())
-		l.buf.Reset()
-	}
 }
