@@ -39,6 +39,28 @@ type RuntimeConfig struct {
 	PortMappings []PortMapping `json:"portMappings,omitempty"`
 	// MAC (capability "mac") is the pod interface's MAC.
 	MAC string `json:"mac,omitempty"`
+	// Bandwidth (capability "bandwidth") limits the pod's traffic, as
+	// kubelet passes its ingress- and egress-bandwidth annotations. The
+	// reference bandwidth plugin cannot do it for a TAP (it shapes the
+	// host end of a veth pair); the daemon does.
+	Bandwidth *BandwidthEntry `json:"bandwidth,omitempty"`
+}
+
+// BandwidthEntry is runtimeConfig.bandwidth: rates in bits per second,
+// bursts in bits, 0 for no limit.
+type BandwidthEntry struct {
+	IngressRate  uint64 `json:"ingressRate"`
+	IngressBurst uint64 `json:"ingressBurst"`
+	EgressRate   uint64 `json:"egressRate"`
+	EgressBurst  uint64 `json:"egressBurst"`
+}
+
+// request is the daemon's form of the entry; nil when it limits nothing.
+func (b *BandwidthEntry) request() *api.Bandwidth {
+	if b == nil || *b == (BandwidthEntry{}) {
+		return nil
+	}
+	return &api.Bandwidth{IngressRate: b.IngressRate, IngressBurst: b.IngressBurst, EgressRate: b.EgressRate, EgressBurst: b.EgressBurst}
 }
 
 // PortMapping is one entry of runtimeConfig.portMappings, as kubelet

@@ -158,3 +158,20 @@ func TestPodID(t *testing.T) {
 		}
 	}
 }
+
+func TestBandwidthRequest(t *testing.T) {
+	conf, err := parseConfig([]byte(`{"cniVersion":"1.0.0","name":"n","type":"tapswitch",
+		"runtimeConfig":{"bandwidth":{"ingressRate":1000000,"ingressBurst":4294967295,"egressRate":2000000,"egressBurst":80000}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := conf.RuntimeConfig.Bandwidth.request()
+	want := &api.Bandwidth{IngressRate: 1e6, IngressBurst: 4294967295, EgressRate: 2e6, EgressBurst: 80000}
+	if got == nil || *got != *want {
+		t.Errorf("request() = %+v, want %+v", got, want)
+	}
+	var none *BandwidthEntry
+	if none.request() != nil || (&BandwidthEntry{}).request() != nil {
+		t.Error("no limits made a request")
+	}
+}

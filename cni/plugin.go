@@ -61,7 +61,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 
 	id := PodID(args.ContainerID, args.IfName)
 	pod, err := c.AddPod(ctx, api.PodRequest{
-		ID: id, NetNS: args.Netns, IfName: args.IfName, MAC: mac,
+		ID: id, NetNS: args.Netns, IfName: args.IfName, MAC: mac, Bandwidth: conf.RuntimeConfig.Bandwidth.request(),
 		ContainerID: args.ContainerID, Network: conf.Name,
 		PodNamespace: string(kargs.K8S_POD_NAMESPACE), PodName: string(kargs.K8S_POD_NAME),
 	})

@@ -70,6 +70,10 @@ func linkDiffs(pod api.Pod, link tap.Link) []string {
 			diffs = append(diffs, fmt.Sprintf("default route via %s is missing", gw))
 		}
 	}
+	// The qdisc keeps bytes a second: compare at that grain.
+	if want := egressLimit(pod).Rate / 8 * 8; link.EgressRate != want {
+		diffs = append(diffs, fmt.Sprintf("egress limit is %d bit/s, want %d", link.EgressRate, want))
+	}
 	return diffs
 }
 

@@ -108,6 +108,12 @@ func (d *Daemon) AddPod(req api.PodRequest) (api.Pod, error) {
 	if req.MAC != nil {
 		pod.MAC = *req.MAC
 	}
+	if err := validateBandwidth(req.Bandwidth, pod.MTU); err != nil {
+		return api.Pod{}, err
+	}
+	if b := req.Bandwidth; b != nil && *b != (api.Bandwidth{}) {
+		pod.Bandwidth = new(*b)
+	}
 	if err := d.reserve(&pod); err != nil {
 		return api.Pod{}, err
 	}
@@ -183,7 +189,7 @@ func (d *Daemon) create(pod api.Pod) (api.Pod, error) {
 	port, err := tap.Create(tap.Config{
 		NetNS: pod.NetNS, Name: pod.IfName, PortName: pod.Port, MAC: pod.MAC, MTU: pod.MTU,
 		Addrs: pod.IPs, Gateways: pod.Gateways, Offloads: pod.Offloads, Queues: pod.Queues,
-		Logger: d.log.With("pod", pod.ID),
+		Egress: egressLimit(pod), Logger: d.log.With("pod", pod.ID),
 	})
 	if errors.Is(err, tap.ErrExists) {
 		return pod, fmt.Errorf("%w: %w", ErrConflict, err)
@@ -242,6 +248,13 @@ func (d *Daemon) attach(pod api.Pod, port vswitch.Port) (vswitch.PortID, error) 
 	}
 	for _, p := range pod.IPs {
 		if err := d.sw.Bind(vswitch.Binding{IP: p.Addr(), MAC: pod.MAC, Port: id}); err != nil {
+			pod.PortID = id
+			d.detach(pod)
+			return 0, fmt.Errorf("attach pod %s: %w", pod.ID, err)
+		}
+	}
+	if l := ingressLimit(pod); l.Rate > 0 {
+		if err := d.sw.SetTxLimit(id, l); err != nil {
 			pod.PortID = id
 			d.detach(pod)
 			return 0, fmt.Errorf("attach pod %s: %w", pod.ID, err)

@@ -15,6 +15,7 @@ const (
 	DropQueueFull                    // egress: the port's queue is full
 	DropWriteError                   // egress: the port failed to send it
 	DropPortGone                     // egress: the port was removed in flight
+	DropPoliced                      // egress: over the port's rate limit (SetTxLimit)
 	numDropReasons
 )
 
@@ -27,6 +28,7 @@ var dropNames = [numDropReasons]string{
 	DropQueueFull:  "queue_full",
 	DropWriteError: "write_error",
 	DropPortGone:   "port_gone",
+	DropPoliced:    "policed",
 }
 
 func (r DropReason) String() string {

@@ -77,6 +77,11 @@ func (s *Switch) writeLoop(ps *portState) {
 // in their pool. lens is scratch space for the frames' lengths. The caller
 // holds ps.wmu.
 func (s *Switch) write(ps *portState, batch []*Frame, lens *[]int) {
+	if ps.policer != nil {
+		if batch = s.police(ps, ps.policer, batch); len(batch) == 0 {
+			return
+		}
+	}
 	// WriteBatch releases the frames, so take their lengths first.
 	l := (*lens)[:0]
 	for _, f := range batch {

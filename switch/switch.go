@@ -104,6 +104,9 @@ type portState struct {
 	// wmu serializes WriteBatch between the writer and readers writing
 	// directly (see handoff); readers only TryLock it.
 	wmu sync.Mutex
+	// policer, if set, limits the rate of frames written to the port
+	// (SetTxLimit). Guarded by wmu.
+	policer *policer
 	// pending counts frames queued and not yet written.
 	pending atomic.Int64
 	removed atomic.Bool

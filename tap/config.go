@@ -38,7 +38,12 @@ type Config struct {
 	// checksums still to complete (TUN_F_CSUM, TSO4/6 and USO4/6 where the
 	// kernel has them). The virtio-net header is there either way.
 	Offloads bool
-	Logger   *slog.Logger // nil discards
+	// Egress, if set, shapes what the pod sends: Create puts a token
+	// bucket filter (tbf) as the device's root qdisc inside the netns, as
+	// the reference bandwidth plugin does for a container's egress. The
+	// qdisc stays with the device across Open.
+	Egress vswitch.Limit
+	Logger *slog.Logger // nil discards
 }
 
 // Limits from the kernel: IFNAMSIZ (include/uapi/linux/if.h) less the

@@ -24,6 +24,9 @@ type Link struct {
 	Addrs []netip.Prefix
 	// Gateways are the next hops of the default routes over the device.
 	Gateways []netip.Addr
+	// EgressRate is the rate of the device's root tbf qdisc in bits per
+	// second (Config.Egress), 0 without one.
+	EgressRate uint64
 }
 
 // Inspect looks up the device name in the netns at netnsPath. A netns
@@ -78,6 +81,15 @@ func Inspect(netnsPath, name string) (Link, error) {
 		}
 		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
 			out.Gateways = append(out.Gateways, gw.Unmap())
+		}
+	}
+	qdiscs, err := h.QdiscList(link)
+	if err != nil {
+		return Link{}, fmt.Errorf("tap: qdiscs of %s in %s: %w", name, netnsPath, err)
+	}
+	for _, q := range qdiscs {
+		if t, ok := q.(*netlink.Tbf); ok && t.Attrs().Parent == netlink.HANDLE_ROOT {
+			out.EgressRate = t.Rate * 8
 		}
 	}
 	return out, nil

@@ -2,8 +2,11 @@ package tap
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
+	vswitch "tapswitch/switch"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -32,6 +35,11 @@ func configureLink(h *netlink.Handle, link netlink.Link, cfg Config) error {
 	}
 	if err := h.LinkSetUp(link); err != nil {
 		return cfg.errorf("set link up on", err)
+	}
+	if cfg.Egress.Rate > 0 {
+		if err := h.QdiscAdd(tbf(link.Attrs().Index, cfg.Egress)); err != nil {
+			return cfg.errorf(fmt.Sprintf("add tbf qdisc (egress limit %d bit/s) to", cfg.Egress.Rate), err)
+		}
 	}
 	for _, gw := range cfg.Gateways {
 		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
@@ -66,4 +74,28 @@ func onSubnet(gw netip.Addr, addrs []netip.Prefix) bool {
 func ipNet(a netip.Prefix) *net.IPNet {
 	bits := a.Addr().BitLen()
 	return &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), bits)}
+}
+
+// tbfLatency bounds how long a packet may wait in the egress qdisc: it
+// sets the qdisc's queue (limit) beyond the burst, as tc's "latency" does.
+// The reference bandwidth plugin uses the same 25 ms.
+const tbfLatency = 25 * time.Millisecond
+
+// tbf is a token bucket filter root qdisc on the device at index, for l:
+// rate in bytes per second, the bucket (burst) as the time it takes to
+// fill in scheduler ticks, and a queue of tbfLatency at the rate on top.
+func tbf(index int, l vswitch.Limit) *netlink.Tbf {
+	rate := l.Rate / 8
+	burst := l.Burst / 8
+	// Kubelet passes a burst of 2^31-1 bits for "no burst limit"; at a
+	// low rate the bucket's fill time overflows the kernel's 32 bits, so
+	// it is capped there (minutes of filling: no limit in practice).
+	bucketTicks := float64(burst) / float64(rate) * 1e6 * netlink.TickInUsec()
+	queue := float64(rate)*tbfLatency.Seconds() + float64(burst)
+	return &netlink.Tbf{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
+		Rate:       rate,
+		Buffer:     uint32(min(bucketTicks, math.MaxUint32)),
+		Limit:      uint32(min(queue, math.MaxUint32)),
+	}
 }

@@ -33,6 +33,22 @@ type PodRequest struct {
 	// removes pods of that network. Recorded and shown.
 	ContainerID string `json:"container_id,omitempty"`
 	Network     string `json:"network,omitempty"`
+	// Bandwidth, if set, limits the pod's traffic (CNI capability
+	// "bandwidth", Kubernetes' ingress- and egress-bandwidth
+	// annotations).
+	Bandwidth *Bandwidth `json:"bandwidth,omitempty"`
+}
+
+// Bandwidth limits a pod's traffic, in CNI's units: rates in bits per
+// second, bursts in bits; a rate needs its burst. Ingress (to the pod) is
+// policed by the switch: frames over the rate are dropped. Egress (from
+// the pod) is shaped by a tbf qdisc on the pod's interface, as the
+// reference bandwidth plugin does.
+type Bandwidth struct {
+	IngressRate  uint64 `json:"ingress_rate,omitempty"`
+	IngressBurst uint64 `json:"ingress_burst,omitempty"`
+	EgressRate   uint64 `json:"egress_rate,omitempty"`
+	EgressBurst  uint64 `json:"egress_burst,omitempty"`
 }
 
 // Pod is an attached pod.
@@ -51,13 +67,15 @@ type Pod struct {
 	Gateways    []netip.Addr   `json:"gateways"`
 	// DNS are the pod's nameservers: the gateway addresses, when the
 	// gateway forwards DNS.
-	DNS      []netip.Addr   `json:"dns,omitempty"`
-	MTU      int            `json:"mtu"`
-	Offloads bool           `json:"offloads"`
-	Queues   int            `json:"queues"`
-	Port     string         `json:"port"`
-	PortID   vswitch.PortID `json:"port_id"`
-	Created  time.Time      `json:"created"`
+	DNS []netip.Addr `json:"dns,omitempty"`
+	// Bandwidth is the request's, if it set one.
+	Bandwidth *Bandwidth     `json:"bandwidth,omitempty"`
+	MTU       int            `json:"mtu"`
+	Offloads  bool           `json:"offloads"`
+	Queues    int            `json:"queues"`
+	Port      string         `json:"port"`
+	PortID    vswitch.PortID `json:"port_id"`
+	Created   time.Time      `json:"created"`
 }
 
 // Stats is the answer of GET /v1/stats.

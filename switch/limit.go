@@ -1,0 +1,86 @@
+package vswitch
+
+import (
+	"fmt"
+	"time"
+)
+
+// Limit is a rate limit on the frames the switch sends to a port: for a
+// pod's port, the pod's ingress bandwidth (CNI's ingressRate and
+// ingressBurst). Rate is in bits per second, Burst in bits, as CNI and
+// Kubernetes give them.
+type Limit struct {
+	Rate  uint64
+	Burst uint64
+}
+
+// policer is a token bucket over bytes. Frames over the rate are dropped
+// (counted as DropPoliced), not delayed: a delay would hold the port's
+// writer, which readers of other ports hand frames to. TCP takes the
+// drops as congestion and settles at the rate. A frame larger than the
+// bucket (a GSO super-frame under a small burst) passes when the bucket
+// is full and leaves it in debt, so no frame size is refused forever and
+// the long-run rate still holds.
+//
+// Only the port's writer uses it, under portState.wmu.
+type policer struct {
+	rate   float64 // bytes per second
+	burst  float64 // bytes
+	tokens float64 // bytes; negative after a frame larger than what was left
+	last   time.Time
+}
+
+func newPolicer(l Limit, now time.Time) *policer {
+	return &policer{rate: float64(l.Rate) / 8, burst: float64(l.Burst) / 8, tokens: float64(l.Burst) / 8, last: now}
+}
+
+// allow reports whether a frame of n bytes may go at now, and takes its
+// tokens if so.
+func (p *policer) allow(n int, now time.Time) bool {
+	if d := now.Sub(p.last); d > 0 {
+		p.tokens = min(p.burst, p.tokens+d.Seconds()*p.rate)
+		p.last = now
+	}
+	if p.tokens <= 0 || (float64(n) > p.tokens && p.tokens < p.burst) {
+		return false
+	}
+	p.tokens -= float64(n)
+	return true
+}
+
+// police drops the frames of batch over the port's limit and returns the
+// others, in order, in batch's backing array.
+func (s *Switch) police(ps *portState, p *policer, batch []*Frame) []*Frame {
+	now := time.Now()
+	kept := batch[:0]
+	for _, f := range batch {
+		if p.allow(f.Len(), now) {
+			kept = append(kept, f)
+		} else {
+			s.drop(ps, f, DropPoliced)
+		}
+	}
+	clear(batch[len(kept):])
+	return kept
+}
+
+// SetTxLimit limits the rate of the frames the switch sends to port id;
+// a zero Limit removes the limit. Frames over it are dropped and counted
+// as "policed".
+func (s *Switch) SetTxLimit(id PortID, l Limit) error {
+	if (l.Rate == 0) != (l.Burst == 0) {
+		return fmt.Errorf("vswitch: limit of port %d: rate %d and burst %d: set both or neither", id, l.Rate, l.Burst)
+	}
+	ps, ok := s.ports.Load().byID[id]
+	if !ok {
+		return fmt.Errorf("vswitch: limit of port %d: %w", id, ErrNoPort)
+	}
+	ps.wmu.Lock()
+	defer ps.wmu.Unlock()
+	if l.Rate == 0 {
+		ps.policer = nil
+	} else {
+		ps.policer = newPolicer(l, time.Now())
+	}
+	return nil
+}
