@@ -8,6 +8,11 @@ import (
 	vswitch "tapswitch/switch"
 )
 
+// minRate is the lowest rate in bit/s, Kubernetes' own lowest bandwidth
+// annotation ("1k"). Below about 44 bit/s the tbf bucket's capped fill
+// time would not hold a frame.
+const minRate = 1000
+
 // validateBandwidth checks a pod's limits as the reference bandwidth
 // plugin does (a rate needs its burst and the other way round, a burst
 // under 4 GiB), and that an egress burst holds a whole frame: the tbf
@@ -22,8 +27,8 @@ func validateBandwidth(b *api.Bandwidth, mtu int) error {
 			return fmt.Errorf("%w: %s rate %d bit/s and burst %d bit: set both or neither", ErrInvalid, dir, rate, burst)
 		case burst/8 >= math.MaxUint32:
 			return fmt.Errorf("%w: %s burst %d bit: at most 4 GiB", ErrInvalid, dir, burst)
-		case rate > 0 && rate < 8:
-			return fmt.Errorf("%w: %s rate %d bit/s: at least one byte a second", ErrInvalid, dir, rate)
+		case rate > 0 && rate < minRate:
+			return fmt.Errorf("%w: %s rate %d bit/s: at least %d", ErrInvalid, dir, rate, minRate)
 		}
 		return nil
 	}

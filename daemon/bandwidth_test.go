@@ -23,7 +23,8 @@ func TestValidateBandwidth(t *testing.T) {
 		{"rate without burst", &api.Bandwidth{IngressRate: 1e6}, false},
 		{"burst without rate", &api.Bandwidth{EgressBurst: 1e5}, false},
 		{"burst of 4 GiB", &api.Bandwidth{IngressRate: 1e6, IngressBurst: 8 << 32}, false},
-		{"rate under a byte a second", &api.Bandwidth{IngressRate: 7, IngressBurst: 1e5}, false},
+		{"rate under 1 kbit/s", &api.Bandwidth{IngressRate: 999, IngressBurst: 1e5}, false},
+		{"rate of 1 kbit/s", &api.Bandwidth{EgressRate: 1000, EgressBurst: 1e5}, true},
 		{"egress burst under a frame", &api.Bandwidth{EgressRate: 1e6, EgressBurst: 1514*8 - 1}, false},
 		{"egress burst of a frame", &api.Bandwidth{EgressRate: 1e6, EgressBurst: 1514 * 8}, true},
 		{"small ingress burst", &api.Bandwidth{IngressRate: 1e6, IngressBurst: 8}, true}, // the policer lets big frames into debt
@@ -61,6 +62,8 @@ func TestAddPodBandwidth(t *testing.T) {
 
 	d.Close()
 	d = newTestDaemon(t, state)
+	// CheckPod compares the switch's ingress limit too: a restart must
+	// have set it again.
 	got, err := d.CheckPod("bw")
 	if err != nil || got.Bandwidth == nil || *got.Bandwidth != *bw {
 		t.Fatalf("after a restart: %+v, %v; want the pod with its limits, as attached", got.Bandwidth, err)

@@ -26,6 +26,10 @@ func (d *Daemon) CheckPod(id string) (api.Pod, error) {
 	var diffs []string
 	if pod.PortID == 0 {
 		diffs = append(diffs, "not attached to the switch (its TAP could not be re-opened; delete and add the pod)")
+	} else if l, err := d.sw.TxLimit(pod.PortID); err != nil {
+		diffs = append(diffs, fmt.Sprintf("switch port %d: %v", pod.PortID, err))
+	} else if want := ingressLimit(pod); l != want {
+		diffs = append(diffs, fmt.Sprintf("ingress limit is %d bit/s (burst %d bit), want %d (burst %d)", l.Rate, l.Burst, want.Rate, want.Burst))
 	}
 	link, err := tap.Inspect(pod.NetNS, pod.IfName)
 	switch {

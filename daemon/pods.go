@@ -23,7 +23,7 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrBusy: another call is attaching or deleting that pod right now;
 	// the API answers 503, try again.
-	ErrBusy = errors.New("busy")
+	ErrBusy     = errors.New("busy")
 	ErrNotFound = errors.New("not found")
 )
 

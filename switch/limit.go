@@ -24,6 +24,7 @@ type Limit struct {
 //
 // Only the port's writer uses it, under portState.wmu.
 type policer struct {
+	limit  Limit   // as set
 	rate   float64 // bytes per second
 	burst  float64 // bytes
 	tokens float64 // bytes; negative after a frame larger than what was left
@@ -31,7 +32,7 @@ type policer struct {
 }
 
 func newPolicer(l Limit, now time.Time) *policer {
-	return &policer{rate: float64(l.Rate) / 8, burst: float64(l.Burst) / 8, tokens: float64(l.Burst) / 8, last: now}
+	return &policer{limit: l, rate: float64(l.Rate) / 8, burst: float64(l.Burst) / 8, tokens: float64(l.Burst) / 8, last: now}
 }
 
 // allow reports whether a frame of n bytes may go at now, and takes its
@@ -48,20 +49,47 @@ func (p *policer) allow(n int, now time.Time) bool {
 	return true
 }
 
-// police drops the frames of batch over the port's limit and returns the
-// others, in order, in batch's backing array.
+// take charges n bytes whatever is left, for a frame that must go.
+func (p *policer) take(n int, now time.Time) {
+	p.allow(0, now) // refill
+	p.tokens = max(p.tokens-float64(n), -p.burst)
+}
+
+// police drops the IP frames of batch over the port's limit and returns
+// the others, in order, in batch's backing array. Other frames (ARP, the
+// switch's own ARP replies among them) always go and are charged: a
+// neighbour entry must not fail because the pod's download fills its
+// limit.
 func (s *Switch) police(ps *portState, p *policer, batch []*Frame) []*Frame {
 	now := time.Now()
 	kept := batch[:0]
 	for _, f := range batch {
-		if p.allow(f.Len(), now) {
+		switch b := f.Bytes(); {
+		case len(b) < EtherHdrLen || Ether(b).Type() != EtherTypeIP4 && Ether(b).Type() != EtherTypeIP6:
+			p.take(f.Len(), now)
 			kept = append(kept, f)
-		} else {
+		case p.allow(f.Len(), now):
+			kept = append(kept, f)
+		default:
 			s.drop(ps, f, DropPoliced)
 		}
 	}
 	clear(batch[len(kept):])
 	return kept
+}
+
+// TxLimit returns port id's limit; a zero Limit when it has none.
+func (s *Switch) TxLimit(id PortID) (Limit, error) {
+	ps, ok := s.ports.Load().byID[id]
+	if !ok {
+		return Limit{}, fmt.Errorf("vswitch: limit of port %d: %w", id, ErrNoPort)
+	}
+	ps.wmu.Lock()
+	defer ps.wmu.Unlock()
+	if ps.policer == nil {
+		return Limit{}, nil
+	}
+	return ps.policer.limit, nil
 }
 
 // SetTxLimit limits the rate of the frames the switch sends to port id;

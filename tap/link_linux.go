@@ -5,11 +5,12 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	vswitch "tapswitch/switch"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	vswitch "tapswitch/switch"
 )
 
 // configureLink gives a new device its MAC, MTU, addresses, link state and
@@ -87,15 +88,18 @@ const tbfLatency = 25 * time.Millisecond
 func tbf(index int, l vswitch.Limit) *netlink.Tbf {
 	rate := l.Rate / 8
 	burst := l.Burst / 8
-	// Kubelet passes a burst of 2^31-1 bits for "no burst limit"; at a
+	// Runtimes pass bursts up to 2^32-1 bits for "no burst limit"; at a
 	// low rate the bucket's fill time overflows the kernel's 32 bits, so
-	// it is capped there (minutes of filling: no limit in practice).
-	bucketTicks := float64(burst) / float64(rate) * 1e6 * netlink.TickInUsec()
-	queue := float64(rate)*tbfLatency.Seconds() + float64(burst)
+	// it is capped there (minutes of filling: no limit in practice). The
+	// ticks round up: the kernel derives the bucket's size in bytes from
+	// them, and one byte short of a frame drops every full-size frame.
+	ticks := min(math.Ceil(float64(burst)/float64(rate)*1e6*netlink.TickInUsec()), math.MaxUint32)
+	bucket := ticks / netlink.TickInUsec() / 1e6 * float64(rate) // bytes, after the cap
+	queue := float64(rate)*tbfLatency.Seconds() + min(float64(burst), bucket)
 	return &netlink.Tbf{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
 		Rate:       rate,
-		Buffer:     uint32(min(bucketTicks, math.MaxUint32)),
+		Buffer:     uint32(ticks),
 		Limit:      uint32(min(queue, math.MaxUint32)),
 	}
 }

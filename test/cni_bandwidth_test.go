@@ -57,10 +57,17 @@ func TestCNIBandwidth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	found := false
 	for _, p := range st.Ports {
-		if p.Name == limited.ID && p.Drops["policed"] == 0 {
-			t.Errorf("the limited pod's port policed nothing: %+v", p.Drops)
+		if p.Name == limited.ID {
+			found = true
+			if p.Drops["policed"] == 0 {
+				t.Errorf("the limited pod's port policed nothing: %+v", p.Drops)
+			}
 		}
+	}
+	if !found {
+		t.Errorf("no port %s in the switch's stats", limited.ID)
 	}
 
 	rig.mustDel(t, l, limitedRT)
