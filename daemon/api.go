@@ -68,18 +68,23 @@ func (d *Daemon) handler() http.Handler {
 	return mux
 }
 
+// readyPods counts the attached pods, not those being added or deleted.
+func (d *Daemon) readyPods() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, e := range d.pods {
+		if e.state == podReady {
+			n++
+		}
+	}
+	return n
+}
+
 // Stats returns the switch's counters.
 func (d *Daemon) Stats() api.Stats {
 	ports := d.sw.Stats()
-	d.mu.Lock()
-	pods := 0
-	for _, e := range d.pods {
-		if e.state == podReady {
-			pods++
-		}
-	}
-	d.mu.Unlock()
-	st := api.Stats{Pods: pods, Ports: ports}
+	st := api.Stats{Pods: d.readyPods(), Ports: ports}
 	for _, p := range ports {
 		st.FDBEntries += p.FDBEntries
 	}

@@ -9,6 +9,7 @@ import (
 
 	"tapswitch/daemon/api"
 	"tapswitch/internal/testutil"
+	vswitch "tapswitch/switch"
 )
 
 func TestValidateBandwidth(t *testing.T) {
@@ -67,6 +68,17 @@ func TestAddPodBandwidth(t *testing.T) {
 	got, err := d.CheckPod("bw")
 	if err != nil || got.Bandwidth == nil || *got.Bandwidth != *bw {
 		t.Fatalf("after a restart: %+v, %v; want the pod with its limits, as attached", got.Bandwidth, err)
+	}
+
+	// The switch's ingress limit gone: CHECK says so.
+	if err := d.sw.SetTxLimit(got.PortID, vswitch.Limit{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CheckPod("bw"); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "ingress limit is 0 bit/s") {
+		t.Errorf("CheckPod without the switch's limit = %v, want the ingress limit named", err)
+	}
+	if err := d.sw.SetTxLimit(got.PortID, ingressLimit(got)); err != nil {
+		t.Fatal(err)
 	}
 
 	if out, err := exec.Command("ip", "netns", "exec", filepath.Base(ns), "tc", "qdisc", "del", "dev", "eth0", "root").CombinedOutput(); err != nil {

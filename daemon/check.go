@@ -15,9 +15,10 @@ import (
 // daemon made it; the API answers 409 with what differs.
 var ErrMismatch = errors.New("pod is not as attached")
 
-// CheckPod checks that the pod is attached to the switch and that its TAP
-// is in its netns with the MAC, MTU, addresses and default routes the
-// daemon gave it, up. The error lists every difference found.
+// CheckPod checks that the pod is attached to the switch with its ingress
+// limit, and that its TAP is in its netns with the MAC, MTU, addresses,
+// default routes and egress qdisc the daemon gave it, up. The error lists
+// every difference found.
 func (d *Daemon) CheckPod(id string) (api.Pod, error) {
 	pod, err := d.PodByID(id)
 	if err != nil {
@@ -85,7 +86,7 @@ func linkDiffs(pod api.Pod, link tap.Link) []string {
 func (d *Daemon) Status() api.Status {
 	size4, size6 := d.ipam.Size()
 	free4, free6 := d.ipam.Free()
-	st := api.Status{Pods: len(d.Pods())}
+	st := api.Status{Pods: d.readyPods()}
 	st.Pools = append(st.Pools, api.Pool{CIDR: d.opts.PodCIDR, Size: size4, Free: free4})
 	if d.opts.PodCIDR6.IsValid() {
 		st.Pools = append(st.Pools, api.Pool{CIDR: d.opts.PodCIDR6, Size: size6, Free: free6})

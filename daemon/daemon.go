@@ -76,7 +76,7 @@ type Daemon struct {
 	gw    *netstack.Port // the pods' gateway, a port of sw
 	state *stateFile
 
-	mu       sync.Mutex // guards pods, v4, v6, forwards
+	mu       sync.Mutex // guards pods, forwards
 	pods     map[string]*podEntry
 	ipam     *ipam.Allocator           // pods' addresses, on disk in StateDir/ipam.db
 	forwards map[forwardKey]*forwarder // port forwards, see forwards.go

@@ -75,8 +75,8 @@ func parseForwardRequest(req api.ForwardRequest) (api.Forward, error) {
 	if err != nil {
 		return api.Forward{}, err
 	}
-	if !validID.MatchString(req.Pod) {
-		return api.Forward{}, fmt.Errorf("%w: pod id %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.Pod)
+	if err := checkName("pod id", req.Pod, maxIDLen); err != nil {
+		return api.Forward{}, err
 	}
 	if req.Port < 1 || req.Port > 65535 {
 		return api.Forward{}, fmt.Errorf("%w: pod port %d: want 1 to 65535", ErrInvalid, req.Port)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	vswitch "tapswitch/switch"
@@ -75,57 +74,38 @@ func (d *Daemon) ensureHostPort() error {
 // nil and no error when there is none, having deleted one that does not
 // match.
 func (d *Daemon) reopenHostPort(cfg tap.Config) (*tap.Port, error) {
-	link, err := netlink.LinkByName(cfg.Name)
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
+	link, err := tap.Inspect(cfg.NetNS, cfg.Name)
+	if errors.Is(err, tap.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("look up %s: %w", cfg.Name, err)
-	}
-	why, err := hostPortDiffers(link, cfg)
-	if err != nil {
 		return nil, err
 	}
-	if why == "" {
-		return tap.Open(cfg)
+	if why := hostPortDiffers(link, cfg); why != "" {
+		d.log.Info("host port out of date; re-creating it", "ifname", cfg.Name, "reason", why)
+		if err := tap.Delete(cfg.NetNS, cfg.Name); err != nil {
+			return nil, err
+		}
+		return nil, nil
 	}
-	d.log.Info("host port out of date; re-creating it", "ifname", cfg.Name, "reason", why)
-	if err := tap.Delete(cfg.NetNS, cfg.Name); err != nil {
-		return nil, err
-	}
-	return nil, nil
+	return tap.Open(cfg)
 }
 
 // hostPortDiffers says how link differs from cfg, or "" if it does not:
 // its MAC, its MTU, or its addresses other than link-local ones.
-func hostPortDiffers(link netlink.Link, cfg tap.Config) (string, error) {
-	attrs := link.Attrs()
-	if string(attrs.HardwareAddr) != string(cfg.MAC[:]) {
-		return fmt.Sprintf("mac %s, want %s", attrs.HardwareAddr, cfg.MAC), nil
+func hostPortDiffers(link tap.Link, cfg tap.Config) string {
+	if link.MAC != cfg.MAC {
+		return fmt.Sprintf("mac %s, want %s", link.MAC, cfg.MAC)
 	}
-	if attrs.MTU != cfg.MTU {
-		return fmt.Sprintf("mtu %d, want %d", attrs.MTU, cfg.MTU), nil
+	if link.MTU != cfg.MTU {
+		return fmt.Sprintf("mtu %d, want %d", link.MTU, cfg.MTU)
 	}
-	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
-	if err != nil {
-		return "", fmt.Errorf("addresses of %s: %w", cfg.Name, err)
-	}
-	var have []netip.Prefix
-	for _, a := range list {
-		addr, ok := netip.AddrFromSlice(a.IP)
-		if !ok || addr.Unmap().IsLinkLocalUnicast() {
-			continue
-		}
-		bits, _ := a.Mask.Size()
-		have = append(have, netip.PrefixFrom(addr.Unmap(), bits))
-	}
-	want := slices.Clone(cfg.Addrs)
+	have, want := slices.Clone(link.Addrs), slices.Clone(cfg.Addrs)
 	byAddr := func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) }
 	slices.SortFunc(have, byAddr)
 	slices.SortFunc(want, byAddr)
 	if !slices.Equal(have, want) {
-		return fmt.Sprintf("addresses %v, want %v", have, want), nil
+		return fmt.Sprintf("addresses %v, want %v", have, want)
 	}
-	return "", nil
+	return ""
 }

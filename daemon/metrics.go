@@ -202,7 +202,8 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dnsDropped, dns.Dropped)
 }
 
-// metricsHandler serves the switch's metrics and the Go runtime's.
+// metricsHandler serves the metrics of the switch, the port forwards, the
+// gateway and the address pools, and the Go runtime's.
 func (d *Daemon) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

@@ -30,34 +30,48 @@ var (
 // DefaultIfName is the pod interface's name when a request names none.
 const DefaultIfName = "eth0"
 
-// validID is what the CNI spec allows in a container ID.
-var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}$`)
+// nameRE is what the CNI spec allows in a container ID and a network
+// name. Pod IDs follow it too, and so do the Kubernetes namespace and
+// name: those are DNS-1123 names, but podman passes its container name as
+// K8S_POD_NAME (happy_turing, or a user's MyDB), and they are only
+// recorded and shown.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]*$`)
 
-// cniName is what the CNI spec allows in a container ID and a network
-// name; the length bound is ours.
-var cniName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,999}$`)
+// Length bounds: a pod ID and the Kubernetes names as a DNS-1123
+// subdomain; the CNI spec sets none, so ours for the CNI names.
+const (
+	maxIDLen      = 253
+	maxCNINameLen = 1000
+)
 
-// podName is what a pod's namespace and name may hold. Kubernetes names
-// are DNS-1123 labels and subdomains, but podman passes its container
-// name as K8S_POD_NAME (happy_turing, or a user's MyDB), and the two are
-// only recorded and shown: so the CNI name rule, as for IDs.
-var podName = validID
+// checkName checks v, the what of a request, against nameRE and max.
+func checkName(what, v string, max int) error {
+	if len(v) > max || !nameRE.MatchString(v) {
+		return fmt.Errorf("%w: %s %q: use 1 to %d letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, what, v, max)
+	}
+	return nil
+}
 
 func validateRequest(req *api.PodRequest) error {
-	if !validID.MatchString(req.ID) {
-		return fmt.Errorf("%w: pod id %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.ID)
+	if err := checkName("pod id", req.ID, maxIDLen); err != nil {
+		return err
 	}
-	if req.PodNamespace != "" && !podName.MatchString(req.PodNamespace) {
-		return fmt.Errorf("%w: pod namespace %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.PodNamespace)
+	optional := []struct {
+		what, v string
+		max     int
+	}{
+		{"pod namespace", req.PodNamespace, maxIDLen},
+		{"pod name", req.PodName, maxIDLen},
+		{"container id", req.ContainerID, maxCNINameLen},
+		{"network name", req.Network, maxCNINameLen},
 	}
-	if req.PodName != "" && !podName.MatchString(req.PodName) {
-		return fmt.Errorf("%w: pod name %q: use 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.PodName)
-	}
-	if req.ContainerID != "" && !cniName.MatchString(req.ContainerID) {
-		return fmt.Errorf("%w: container id %q: use letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.ContainerID)
-	}
-	if req.Network != "" && !cniName.MatchString(req.Network) {
-		return fmt.Errorf("%w: network name %q: use letters, digits, '_', '.' or '-', starting with a letter or digit", ErrInvalid, req.Network)
+	for _, o := range optional {
+		if o.v == "" {
+			continue
+		}
+		if err := checkName(o.what, o.v, o.max); err != nil {
+			return err
+		}
 	}
 	if req.MAC != nil && (req.MAC.Zero() || req.MAC.Multicast()) {
 		return fmt.Errorf("%w: mac %s: want a unicast address", ErrInvalid, req.MAC)

@@ -78,7 +78,7 @@ func (s *Switch) writeLoop(ps *portState) {
 // holds ps.wmu.
 func (s *Switch) write(ps *portState, batch []*Frame, lens *[]int) {
 	if ps.policer != nil {
-		if batch = s.police(ps, ps.policer, batch); len(batch) == 0 {
+		if batch = s.police(ps, batch); len(batch) == 0 {
 			return
 		}
 	}
@@ -222,10 +222,6 @@ func (s *Switch) flood(t *portTable, in *portState, f *Frame, h *handoff) {
 // send checks that out can take f and adds it to h for out, or drops it
 // and counts why. Ownership of f passes either way.
 func (s *Switch) send(out *portState, f *Frame, h *handoff) {
-	if out.removed.Load() {
-		s.drop(out, f, DropPortGone)
-		return
-	}
 	if !out.caps.GSO {
 		if f.Offload.GSOType != GSONone {
 			s.segment(out, f, h)

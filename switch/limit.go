@@ -35,13 +35,18 @@ func newPolicer(l Limit, now time.Time) *policer {
 	return &policer{limit: l, rate: float64(l.Rate) / 8, burst: float64(l.Burst) / 8, tokens: float64(l.Burst) / 8, last: now}
 }
 
-// allow reports whether a frame of n bytes may go at now, and takes its
-// tokens if so.
-func (p *policer) allow(n int, now time.Time) bool {
+// refill adds the tokens earned since the last refill, up to the bucket.
+// A clock that steps back adds nothing.
+func (p *policer) refill(now time.Time) {
 	if d := now.Sub(p.last); d > 0 {
 		p.tokens = min(p.burst, p.tokens+d.Seconds()*p.rate)
 		p.last = now
 	}
+}
+
+// allow reports whether a frame of n bytes may go, and takes its tokens
+// if so.
+func (p *policer) allow(n int) bool {
 	if p.tokens <= 0 || (float64(n) > p.tokens && p.tokens < p.burst) {
 		return false
 	}
@@ -50,8 +55,7 @@ func (p *policer) allow(n int, now time.Time) bool {
 }
 
 // take charges n bytes whatever is left, for a frame that must go.
-func (p *policer) take(n int, now time.Time) {
-	p.allow(0, now) // refill
+func (p *policer) take(n int) {
 	p.tokens = max(p.tokens-float64(n), -p.burst)
 }
 
@@ -60,21 +64,22 @@ func (p *policer) take(n int, now time.Time) {
 // switch's own ARP replies among them) always go and are charged: a
 // neighbour entry must not fail because the pod's download fills its
 // limit.
-func (s *Switch) police(ps *portState, p *policer, batch []*Frame) []*Frame {
-	now := time.Now()
+// The caller holds ps.wmu and clears batch after use.
+func (s *Switch) police(ps *portState, batch []*Frame) []*Frame {
+	p := ps.policer
+	p.refill(time.Now())
 	kept := batch[:0]
 	for _, f := range batch {
 		switch b := f.Bytes(); {
 		case len(b) < EtherHdrLen || Ether(b).Type() != EtherTypeIP4 && Ether(b).Type() != EtherTypeIP6:
-			p.take(f.Len(), now)
+			p.take(f.Len())
 			kept = append(kept, f)
-		case p.allow(f.Len(), now):
+		case p.allow(f.Len()):
 			kept = append(kept, f)
 		default:
 			s.drop(ps, f, DropPoliced)
 		}
 	}
-	clear(batch[len(kept):])
 	return kept
 }
 

@@ -28,12 +28,14 @@ func TestPolicer(t *testing.T) {
 		{time.Hour, 1, false},
 	}
 	for i, s := range steps {
-		if got := p.allow(s.n, t0.Add(s.at)); got != s.want {
+		p.refill(t0.Add(s.at))
+		if got := p.allow(s.n); got != s.want {
 			t.Fatalf("step %d: allow(%d) at +%v = %v, want %v (tokens now %.0f)", i, s.n, s.at, got, s.want, p.tokens)
 		}
 	}
 	// A clock that steps back takes nothing and gives nothing.
-	if p.allow(1, t0) {
+	p.refill(t0)
+	if p.allow(1) {
 		t.Error("allow after the clock stepped back, with an empty bucket")
 	}
 }

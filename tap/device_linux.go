@@ -125,8 +125,7 @@ func checkLink(h *netlink.Handle, cfg *Config) (netlink.Link, error) {
 	} else if err != nil {
 		return nil, cfg.errorf("look up", err)
 	}
-	tt, ok := link.(*netlink.Tuntap)
-	if !ok || tt.Mode != netlink.TUNTAP_MODE_TAP || tt.Flags&netlink.TUNTAP_MULTI_QUEUE == 0 {
+	if !isMultiqueueTAP(link) {
 		return nil, cfg.errorf("open", fmt.Errorf("not a multiqueue tap device (%s)", link.Type()))
 	}
 	attrs := link.Attrs()
@@ -217,6 +216,13 @@ func deleteLink(h *netlink.Handle, name string) {
 	if link, err := h.LinkByName(name); err == nil {
 		h.LinkDel(link)
 	}
+}
+
+// isMultiqueueTAP reports whether link is the kind of device this package
+// makes.
+func isMultiqueueTAP(link netlink.Link) bool {
+	tt, ok := link.(*netlink.Tuntap)
+	return ok && tt.Mode == netlink.TUNTAP_MODE_TAP && tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0
 }
 
 // isNotFound reports whether a netlink lookup failed for want of the link.

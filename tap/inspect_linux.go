@@ -20,7 +20,7 @@ type Link struct {
 	MTU  int
 	Up   bool
 	// Addrs are the device's addresses with their prefix lengths, without
-	// IPv6 link-local ones.
+	// link-local ones.
 	Addrs []netip.Prefix
 	// Gateways are the next hops of the default routes over the device.
 	Gateways []netip.Addr
@@ -48,11 +48,8 @@ func Inspect(netnsPath, name string) (Link, error) {
 		return Link{}, fmt.Errorf("tap: look up %s in %s: %w", name, netnsPath, err)
 	}
 	attrs := link.Attrs()
-	out := Link{Kind: link.Type(), MTU: attrs.MTU, Up: attrs.Flags&unix.IFF_UP != 0}
+	out := Link{TAP: isMultiqueueTAP(link), Kind: link.Type(), MTU: attrs.MTU, Up: attrs.Flags&unix.IFF_UP != 0}
 	copy(out.MAC[:], attrs.HardwareAddr)
-	if tt, ok := link.(*netlink.Tuntap); ok {
-		out.TAP = tt.Mode == netlink.TUNTAP_MODE_TAP && tt.Flags&netlink.TUNTAP_MULTI_QUEUE != 0
-	}
 
 	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
@@ -64,7 +61,7 @@ func Inspect(netnsPath, name string) (Link, error) {
 			continue
 		}
 		ip = ip.Unmap()
-		if ip.Is6() && ip.IsLinkLocalUnicast() {
+		if ip.IsLinkLocalUnicast() {
 			continue
 		}
 		ones, _ := a.Mask.Size()

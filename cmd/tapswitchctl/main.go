@@ -66,7 +66,7 @@ var errUsage = errors.New("usage")
 // command is one subcommand: its flags and what it does with a client.
 type command struct {
 	name  string
-	flags func(fs *flag.FlagSet) func(ctx context.Context, c *api.Client, out output) error
+	flags func(fs *flag.FlagSet) runFunc
 }
 
 var commands = []command{

@@ -89,9 +89,6 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, err
 }
 
-// Socket is the socket path the client talks to.
-func (c *Client) Socket() string { return c.socket }
-
 // Pods lists the attached pods.
 func (c *Client) Pods(ctx context.Context) ([]Pod, error) {
 	var pods []Pod
