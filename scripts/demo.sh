@@ -40,6 +40,19 @@ cni() {
 		"$BIN/tapswitch" <<<"$cni_conf"
 }
 
+# throughput NETNS ADDR runs a one-shot iperf3 server on ADDR in NETNS (the
+# root namespace if empty) and a 5 s single-stream client to it from pod a.
+throughput() {
+	local in=()
+	[ -n "$1" ] && in=(ip netns exec "$1")
+	"${in[@]}" iperf3 -s -1 -B "$2" >/dev/null 2>&1 &
+	iperf_pid=$!
+	sleep 0.5
+	ip netns exec "$(ns a)" iperf3 -c "$2" -t 5 -f g | grep -E 'sender|receiver'
+	wait "$iperf_pid" 2>/dev/null || true
+	iperf_pid=""
+}
+
 cleanup() {
 	status=$?
 	set +e
@@ -93,12 +106,7 @@ for pair in "a b" "b c" "c a"; do
 done
 
 step "TCP throughput pod a -> pod b, 5 s (iperf3, single stream)"
-ip netns exec "$(ns b)" iperf3 -s -1 -B "${ip[b]}" >/dev/null 2>&1 &
-iperf_pid=$!
-sleep 0.5
-ip netns exec "$(ns a)" iperf3 -c "${ip[b]}" -t 5 -f g | grep -E 'sender|receiver'
-wait "$iperf_pid" 2>/dev/null || true
-iperf_pid=""
+throughput "$(ns b)" "${ip[b]}"
 
 step "an outside world: namespace $(ns world) at 198.18.0.2, a veth from this host (198.18.0.1)"
 ip netns add "$(ns world)"
@@ -120,21 +128,11 @@ cmp "$tmp/www/blob" "$tmp/blob.got" && echo "byte-for-byte equal"
 echo "the world's server saw the client as: $(grep -o '^[0-9.]* ' "$tmp/world.log" | tail -1)(the node, not the pod)"
 
 step "TCP throughput pod a -> world through the gateway, 5 s (iperf3)"
-ip netns exec "$(ns world)" iperf3 -s -1 -B 198.18.0.2 >/dev/null 2>&1 &
-iperf_pid=$!
-sleep 0.5
-ip netns exec "$(ns a)" iperf3 -c 198.18.0.2 -t 5 -f g | grep -E 'sender|receiver'
-wait "$iperf_pid" 2>/dev/null || true
-iperf_pid=""
+throughput "$(ns world)" 198.18.0.2
 
 host_ip=$(ip -4 -o addr show dev tsw0 | awk '{print $4}' | cut -d/ -f1)
 step "TCP throughput pod a -> node through the host port tsw0 ($host_ip), 5 s (iperf3)"
-iperf3 -s -1 -B "$host_ip" >/dev/null 2>&1 &
-iperf_pid=$!
-sleep 0.5
-ip netns exec "$(ns a)" iperf3 -c "$host_ip" -t 5 -f g | grep -E 'sender|receiver'
-wait "$iperf_pid" 2>/dev/null || true
-iperf_pid=""
+throughput "" "$host_ip"
 
 step "the node reaches pod b (${ip[b]}) directly through tsw0, no NAT"
 echo "hello from pod b" >"$tmp/www/hello"

@@ -80,7 +80,6 @@ func TestCNIBandwidth(t *testing.T) {
 func tcpRate(t *testing.T, src, dst pod, d time.Duration) float64 {
 	t.Helper()
 	ln := nsListen(t, dst.ns, "tcp", net.JoinHostPort(dst.addr().String(), "0"))
-	defer ln.Close()
 	type result struct {
 		n       int64
 		elapsed time.Duration
@@ -101,8 +100,7 @@ func tcpRate(t *testing.T, src, dst pod, d time.Duration) float64 {
 
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
-	port := ln.Addr().(*net.TCPAddr).Port
-	c, err := nsDialer(src.ns)(ctx, "tcp", netip.AddrPortFrom(dst.addr(), uint16(port)).String())
+	c, err := nsDialer(src.ns)(ctx, "tcp", netip.AddrPortFrom(dst.addr(), portOf(ln.Addr())).String())
 	if err != nil {
 		t.Fatalf("dial %s -> %s: %v", src.ID, dst.ID, err)
 	}

@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
-	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -43,20 +41,6 @@ func newChainRig(t *testing.T) *chainRig {
 func (r *chainRig) nodeRuleset(t *testing.T) string {
 	t.Helper()
 	return ipNetnsOutput(t, r.d.node, "nft", "list", "ruleset")
-}
-
-// clientEcho connects from the client namespace to addr, an echo server
-// behind a hostPort, and checks the echo.
-func (r *chainRig) clientEcho(t *testing.T, addr string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := nsDialer(r.client.ns)(ctx, "tcp", addr)
-	if err != nil {
-		t.Fatalf("connect from the client to %s: %v", addr, err)
-	}
-	defer c.Close()
-	tcpEcho(t, c, addr)
 }
 
 // tapswitchResult is the result tapswitch printed for the chain's last ADD.
@@ -117,7 +101,6 @@ func testChainPortmapTuning(t *testing.T, backend string) {
 		map[string]any{"type": "tuning", "sysctl": map[string]string{"net.ipv4.conf.eth0.arp_notify": "1"}},
 	)
 	ns := testutil.NewNetNS(t)
-	ipCmd(t, "-n", filepath.Base(ns), "link", "set", "lo", "up")
 	peers := new(peerLog)
 	serveTCPEcho(t, nsListen(t, ns, "tcp4", ":8080"), peers)
 	rt := k8sRuntime(uniqueID("chain"), ns, "chained")
@@ -143,7 +126,8 @@ func testChainPortmapTuning(t *testing.T, backend string) {
 
 	// A client outside the node reaches the pod through the node's
 	// address and the hostPort; the pod sees the node's tsw0 address.
-	r.clientEcho(t, netip.AddrPortFrom(r.client.node4, 18090).String())
+	nodeHostPort := netip.AddrPortFrom(r.client.node4, 18090)
+	echoStream(t, mustDial(t, nsDialer(r.client.ns), nodeHostPort), []byte("from a client outside the node"))
 	host, err := tap.Inspect(r.d.node, "tsw0")
 	if err != nil || len(host.Addrs) == 0 {
 		t.Fatalf("the node's tsw0: %+v, %v", host, err)
@@ -152,8 +136,8 @@ func testChainPortmapTuning(t *testing.T, backend string) {
 		t.Errorf("the pod saw clients %v, want the node's tsw0 address %s (masqAll)", got, host.Addrs[0].Addr())
 	}
 	// A process on the node reaches it through its own addresses.
-	nodeTCPEcho(t, r.d, netip.AddrPortFrom(r.client.node4, 18090).String())
-	nodeTCPEcho(t, r.d, "127.0.0.1:18090")
+	echoStream(t, mustDial(t, r.d.nodeDial, nodeHostPort), []byte("from the node to its own address"))
+	echoStream(t, mustDial(t, r.d.nodeDial, netip.MustParseAddrPort("127.0.0.1:18090")), []byte("from the node to its loopback"))
 
 	r.mustDel(t, l, rt)
 	requireGone(t, r.d, rt)

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -357,27 +356,6 @@ func requireNoLeases(t *testing.T, d *daemonProc) {
 	if len(pods) != 0 || len(leases) != 0 {
 		t.Errorf("daemon has pods %+v and leases %+v, want none", pods, leases)
 	}
-}
-
-// newOwnNetNS creates a pod namespace the test may delete itself (the
-// namespace of testutil.NewNetNS must outlive the test). It is deleted at
-// the end if it still exists; the name has testutil's prefix, so
-// TestMain's leak check covers it.
-func newOwnNetNS(t *testing.T) string {
-	t.Helper()
-	var rnd [4]byte
-	rand.Read(rnd[:])
-	name := fmt.Sprintf("tsw-test-%d-%s", os.Getpid(), hex.EncodeToString(rnd[:]))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	path := filepath.Join("/var/run/netns", name)
-	t.Cleanup(func() {
-		if _, err := os.Stat(path); err == nil {
-			deleteNetNS(t, path)
-		}
-	})
-	return path
 }
 
 // deleteNetNS deletes the named namespace at path, as a runtime does when

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"net/netip"
@@ -15,7 +14,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -290,7 +288,7 @@ func TestCNIDelIdempotent(t *testing.T) {
 	l := confList(t, "tsw-del", "1.0.0", tapswitchConf(d.socket))
 
 	t.Run("netns deleted", func(t *testing.T) {
-		ns := newOwnNetNS(t)
+		ns := testutil.NewNetNS(t)
 		rt := k8sRuntime(uniqueID("gone"), ns, "gone")
 		rig.mustAdd(t, l, rt)
 		p := attachedPod(t, d, rt)
@@ -304,7 +302,7 @@ func TestCNIDelIdempotent(t *testing.T) {
 	t.Run("netns file stale", func(t *testing.T) {
 		// The namespace's mount is gone but its file is left, as after a
 		// umount without rm: nothing can be inside it any more.
-		ns := newOwnNetNS(t)
+		ns := testutil.NewNetNS(t)
 		rt := k8sRuntime(uniqueID("stale"), ns, "stale")
 		rig.mustAdd(t, l, rt)
 		if err := unix.Unmount(ns, unix.MNT_DETACH); err != nil {
@@ -436,7 +434,6 @@ func TestCNIRuntimeConfig(t *testing.T) {
 	ctx := context.Background()
 
 	ns := testutil.NewNetNS(t)
-	ipCmd(t, "-n", filepath.Base(ns), "link", "set", "lo", "up")
 	serveTCPEcho(t, nsListen(t, ns, "tcp4", ":8080"), nil)
 	serveUDPEcho(t, nsListenPacket(t, ns, "udp4", ":5353"), nil)
 	const mac = "02:42:ac:11:00:42"
@@ -449,14 +446,15 @@ func TestCNIRuntimeConfig(t *testing.T) {
 		},
 	}
 	res := rig.mustAdd(t, l, rt)
-	r, _ := types100.NewResultFromResult(res)
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		t.Fatalf("ADD result: %v", err)
+	}
 	p := attachedPod(t, d, rt)
-	if r.Interfaces[0].Mac != mac || p.MAC.String() != mac {
-		t.Errorf("result mac %s, daemon pod mac %s, want runtimeConfig.mac %s", r.Interfaces[0].Mac, p.MAC, mac)
+	if r.Interfaces[0].Mac != mac {
+		t.Errorf("result mac %s, want runtimeConfig.mac %s", r.Interfaces[0].Mac, mac)
 	}
-	if link, err := tap.Inspect(ns, "eth0"); err != nil || link.MAC.String() != mac {
-		t.Errorf("eth0 in the pod has mac %v (%v), want %s", link.MAC, err, mac)
-	}
+	requireMAC(t, d, rt, mac)
 	fws, err := d.client.Forwards(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -473,7 +471,8 @@ func TestCNIRuntimeConfig(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("forwards = %v, want %v", got, want)
 	}
-	nodeTCPEcho(t, d, "127.0.0.1:18080")
+	hostPort := netip.MustParseAddrPort("127.0.0.1:18080")
+	echoStream(t, mustDial(t, d.nodeDial, hostPort), []byte("tcp through the mapping"))
 	if got := nodeUDPExchange(t, d, "127.0.0.1:15353", []byte("udp through the mapping")); string(got) != "udp through the mapping" {
 		t.Errorf("udp echo through the hostPort = %q", got)
 	}
@@ -495,7 +494,7 @@ func TestCNIRuntimeConfig(t *testing.T) {
 	if fws2, _ := d.client.Forwards(ctx); len(fws2) != 2 {
 		t.Errorf("forwards after the clash = %+v, want the first pod's two", fws2)
 	}
-	nodeTCPEcho(t, d, "127.0.0.1:18080")
+	echoStream(t, mustDial(t, d.nodeDial, hostPort), []byte("tcp through the mapping, after the clash"))
 
 	// Invalid runtime config: nothing made.
 	for _, bad := range []map[string]any{
@@ -518,35 +517,6 @@ func TestCNIRuntimeConfig(t *testing.T) {
 		t.Error("hostPort 18080 still accepts connections after DEL")
 	}
 	requireNoLeases(t, d)
-}
-
-// nodeTCPEcho connects from the node to addr, which must lead to a TCP
-// echo server, and checks a message comes back.
-func nodeTCPEcho(t *testing.T, d *daemonProc, addr string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := d.nodeDial(ctx, "tcp", addr)
-	if err != nil {
-		t.Fatalf("connect from the node to %s: %v", addr, err)
-	}
-	defer c.Close()
-	tcpEcho(t, c, addr)
-}
-
-// tcpEcho sends a line on c and checks the echo server behind addr sends
-// it back.
-func tcpEcho(t *testing.T, c net.Conn, addr string) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	msg := "hello through " + addr + "\n"
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatalf("write to %s: %v", addr, err)
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
-		t.Fatalf("echo through %s = %q, %v; want %q", addr, buf, err, msg)
-	}
 }
 
 func TestCNICheckFailures(t *testing.T) {
@@ -703,13 +673,28 @@ func TestCNIArgs(t *testing.T) {
 	rig.mustDel(t, l, rt)
 
 	// podman passes its container name as K8S_POD_NAME: underscores and
-	// capitals are taken and recorded.
+	// capitals are taken and recorded. Its --mac-address comes as MAC=,
+	// with a conflist that has no mac capability.
+	const podmanMAC = "02:42:ac:11:00:43"
 	podman := k8sRuntime(uniqueID("args"), testutil.NewNetNS(t), "Happy_Turing")
+	podman.Args = append(podman.Args, [2]string{"MAC", podmanMAC})
 	rig.mustAdd(t, l, podman)
 	if p := attachedPod(t, d, podman); p.PodName != "Happy_Turing" {
 		t.Errorf("pod records name %q, want Happy_Turing", p.PodName)
 	}
+	requireMAC(t, d, podman, podmanMAC)
 	rig.mustDel(t, l, podman)
+
+	// Both runtimeConfig.mac (the mac capability) and MAC=: runtimeConfig
+	// wins.
+	const capabilityMAC = "02:42:ac:11:00:44"
+	withMAC := confList(t, "tsw-args-mac", "1.1.0", tapswitchConf(d.socket, "mac"))
+	both := k8sRuntime(uniqueID("args"), testutil.NewNetNS(t), "both_macs")
+	both.Args = append(both.Args, [2]string{"MAC", podmanMAC})
+	both.CapabilityArgs = map[string]any{"mac": capabilityMAC}
+	rig.mustAdd(t, withMAC, both)
+	requireMAC(t, d, both, capabilityMAC)
+	rig.mustDel(t, withMAC, both)
 
 	// A name no runtime makes: the daemon refuses it, naming it.
 	bad := k8sRuntime(uniqueID("args"), testutil.NewNetNS(t), "bad/name")
@@ -720,6 +705,18 @@ func TestCNIArgs(t *testing.T) {
 	}
 	requireGone(t, d, bad)
 	requireNoLeases(t, d)
+}
+
+// requireMAC fails t unless the daemon's pod of the attachment rt and its
+// interface in the pod's netns have mac.
+func requireMAC(t *testing.T, d *daemonProc, rt *libcni.RuntimeConf, mac string) {
+	t.Helper()
+	if p := attachedPod(t, d, rt); p.MAC.String() != mac {
+		t.Errorf("daemon pod of %s has mac %s, want %s", rt.ContainerID, p.MAC, mac)
+	}
+	if link, err := tap.Inspect(rt.NetNS, rt.IfName); err != nil || link.MAC.String() != mac {
+		t.Errorf("%s in the pod of %s has mac %v (%v), want %s", rt.IfName, rt.ContainerID, link.MAC, err, mac)
+	}
 }
 
 // ipNetnsOutput runs cmd inside the netns at ns and returns its output.

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -78,17 +77,4 @@ func runCNIToolScript(t *testing.T, cnitool, cniVersion string) {
 	if left := namespacesWithPrefix(prefix); len(left) > 0 {
 		t.Errorf("cnitool.sh left namespaces behind: %v", left)
 	}
-}
-
-// namespacesWithPrefix lists the named network namespaces whose name
-// starts with prefix.
-func namespacesWithPrefix(prefix string) []string {
-	entries, _ := os.ReadDir("/var/run/netns")
-	var out []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
-			out = append(out, e.Name())
-		}
-	}
-	return out
 }

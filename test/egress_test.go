@@ -480,32 +480,6 @@ func mustDial(t *testing.T, dial func(context.Context, string, string) (net.Conn
 	return c
 }
 
-// serveConns runs handle on every connection accepted on ln, each on its
-// own goroutine, and closes the connection after it; handle's errors are
-// reported on t. It stops, and waits for the handlers, when the test ends.
-func serveConns(t *testing.T, ln net.Listener, handle func(net.Conn) error) {
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				if err := handle(c); err != nil {
-					t.Errorf("server %s: %v", ln.Addr(), err)
-				}
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-}
-
 // TestEgressManyConnectionsNoLeaks runs a thousand short TCP connections
 // and a few hundred UDP flows from the pod to the world, over IPv4 and
 // IPv6, then checks that the daemon's open files and goroutines come back

@@ -11,14 +11,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"tapswitch/daemon/api"
-	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
 )
 
@@ -30,52 +27,11 @@ import (
 // saw) and a UDP echo server on port 5353, until the test ends.
 func forwardPodServers(t *testing.T, p pod, body []byte) {
 	t.Helper()
-	// Loopback up first: the Go runtime probes the kernel's IPv6
-	// support once per process, on the first TCP listen (MPTCP's check
-	// included), by binding ::1 in whatever namespace that happens. In a
-	// namespace without loopback the probe fails and every later
-	// wildcard "tcp" listener of this process, in any test, is IPv4 only.
-	if out, err := exec.Command("ip", "-n", filepath.Base(p.ns), "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up in %s: %v: %s", p.ns, err, out)
-	}
-	var ln net.Listener
-	var pc net.PacketConn
-	err := netnsutil.Do(p.ns, func() (err error) {
-		if ln, err = net.Listen("tcp4", ":80"); err != nil {
-			return err
-		}
-		pc, err = net.ListenPacket("udp4", ":5353")
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen in pod %s: %v", p.ID, err)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /big", func(w http.ResponseWriter, r *http.Request) { w.Write(body) })
 	mux.HandleFunc("GET /peer", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.RemoteAddr) })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{}, 2)
-	go func() {
-		srv.Serve(ln)
-		done <- struct{}{}
-	}()
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				done <- struct{}{}
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		pc.Close()
-		<-done
-		<-done
-	})
+	serveHTTP(t, nsListen(t, p.ns, "tcp4", ":80"), mux)
+	serveUDPEcho(t, nsListenPacket(t, p.ns, "udp4", ":5353"), nil)
 }
 
 // nodeUDPExchange sends msg to addr from the node until an answer comes

@@ -34,13 +34,19 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
-	// Go probes once per process whether the host has IPv6, by binding
-	// ::1, at the first TCP listen. Tests listen inside pods whose
-	// loopback may be down; a probe there would make every later wildcard
-	// listener IPv4-only. Probe here, in the root namespace.
-	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
-		ln.Close()
+	// Go decides once per process, on the first wildcard listen (or any
+	// TCP listen, while MPTCP is on by default), whether IPv6 sockets
+	// take IPv4 too, by binding one to ::ffff:127.0.0.1. In a pod's
+	// namespace, whose eth0 has an address and whose loopback is down,
+	// that bind fails, and every later wildcard "tcp" or "udp" socket of
+	// this process, in any namespace, would be IPv4 only. Probe here, in
+	// the root namespace, before any test enters another.
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "probe the kernel's IPv6 support:", err)
+		return 1
 	}
+	ln.Close()
 	dir, err := os.MkdirTemp("", "tapswitch-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -101,15 +107,20 @@ func cniTools(t *testing.T, names ...string) string {
 // leftoverNetNS lists the namespaces this test process created and did not
 // remove (testutil.NewNetNS names them tsw-test-PID-...).
 func leftoverNetNS() []string {
+	return namespacesWithPrefix(fmt.Sprintf("tsw-test-%d-", os.Getpid()))
+}
+
+// namespacesWithPrefix lists the named network namespaces whose name
+// starts with prefix.
+func namespacesWithPrefix(prefix string) []string {
 	entries, _ := os.ReadDir("/var/run/netns")
-	prefix := fmt.Sprintf("tsw-test-%d-", os.Getpid())
-	var left []string
+	var out []string
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix) {
-			left = append(left, e.Name())
+			out = append(out, e.Name())
 		}
 	}
-	return left
+	return out
 }
 
 // daemonProc is a tapswitchd started by a test.

@@ -32,14 +32,19 @@ func TestTwoPodsPing(t *testing.T) {
 		t.Fatal(err)
 	}
 	var replies uint64
+	podPorts := 0
 	for _, p := range st.Ports {
 		replies += p.ARPReplies
 		if p.Name != a.ID && p.Name != b.ID {
 			continue // the gateway and the host port
 		}
+		podPorts++
 		if p.RxFrames == 0 || p.TxFrames == 0 {
 			t.Errorf("port %s: rx %d tx %d frames, want both > 0", p.Name, p.RxFrames, p.TxFrames)
 		}
+	}
+	if podPorts != 2 {
+		t.Errorf("the switch's stats have %d ports of pods %s and %s, want 2: %+v", podPorts, a.ID, b.ID, st.Ports)
 	}
 	if replies == 0 {
 		t.Errorf("ARP replies = 0, want the switch to answer the pods' ARP")

@@ -18,11 +18,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"tapswitch/internal/netnsutil"
 	"tapswitch/internal/testutil"
@@ -157,14 +154,14 @@ func nsDialer(ns string) func(ctx context.Context, network, address string) (net
 }
 
 // nsListen opens a listener inside the netns at ns; it is closed when the
-// test ends. A wildcard "tcp" address (":0") listens on both families.
+// test ends. A wildcard "tcp" address (":0") listens on both families:
+// runMain has Go probe the kernel's IPv4-mapped IPv6 support in the root
+// namespace, before any test enters one.
 func nsListen(t *testing.T, ns, network, address string) net.Listener {
 	t.Helper()
-	network, address = dualStack(network, address)
-	lc := net.ListenConfig{Control: dualStackControl}
 	var ln net.Listener
 	if err := netnsutil.Do(ns, func() (err error) {
-		ln, err = lc.Listen(context.Background(), network, address)
+		ln, err = net.Listen(network, address)
 		return err
 	}); err != nil {
 		t.Fatalf("listen %s %s in %s: %v", network, address, ns, err)
@@ -175,47 +172,18 @@ func nsListen(t *testing.T, ns, network, address string) net.Listener {
 
 // nsListenPacket opens a packet socket inside the netns at ns; it is
 // closed when the test ends. A wildcard "udp" address (":0") takes both
-// families.
+// families, as nsListen's "tcp" does.
 func nsListenPacket(t *testing.T, ns, network, address string) net.PacketConn {
 	t.Helper()
-	network, address = dualStack(network, address)
-	lc := net.ListenConfig{Control: dualStackControl}
 	var pc net.PacketConn
 	if err := netnsutil.Do(ns, func() (err error) {
-		pc, err = lc.ListenPacket(context.Background(), network, address)
+		pc, err = net.ListenPacket(network, address)
 		return err
 	}); err != nil {
 		t.Fatalf("listen %s %s in %s: %v", network, address, ns, err)
 	}
 	t.Cleanup(func() { pc.Close() })
 	return pc
-}
-
-// dualStack turns a wildcard "tcp" or "udp" address into the IPv6 wildcard,
-// which dualStackControl opens to IPv4 too. Go would decide that itself
-// from a probe of the IPv6 loopback it runs once per process, in whatever
-// namespace the first thread to ask is in; these tests enter namespaces
-// whose loopback is down, so the probe may say "IPv4 only" for the whole
-// run.
-func dualStack(network, address string) (string, string) {
-	host, port, err := net.SplitHostPort(address)
-	if err != nil || host != "" || (network != "tcp" && network != "udp") {
-		return network, address
-	}
-	return network + "6", net.JoinHostPort("::", port)
-}
-
-// dualStackControl clears IPV6_V6ONLY on IPv6 sockets, so that they take
-// IPv4 too, as IPv4-mapped addresses (RFC 3493 section 5.3).
-func dualStackControl(network, _ string, c syscall.RawConn) error {
-	if !strings.HasSuffix(network, "6") {
-		return nil
-	}
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
-	})
-	return errors.Join(err, serr)
 }
 
 // portOf returns the port a listener or packet socket is bound to.
@@ -230,16 +198,16 @@ func portOf(a net.Addr) uint16 {
 }
 
 // peerAddr returns the address and port of a connection's or datagram's
-// peer, with IPv4-mapped addresses (from a dual-stack socket) unmapped.
+// peer; an IPv4 peer of a dual-stack socket comes IPv4-mapped (peerLog
+// unmaps it).
 func peerAddr(a net.Addr) netip.AddrPort {
-	var ap netip.AddrPort
 	switch a := a.(type) {
 	case *net.TCPAddr:
-		ap = a.AddrPort()
+		return a.AddrPort()
 	case *net.UDPAddr:
-		ap = a.AddrPort()
+		return a.AddrPort()
 	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	panic(fmt.Sprintf("peerAddr(%T)", a))
 }
 
 // peerLog records the peers a server saw, for the tests' NAT checks.
@@ -289,34 +257,49 @@ func serveHTTP(t *testing.T, ln net.Listener, h http.Handler) {
 	})
 }
 
-// serveTCPEcho echoes every connection accepted on ln until the peer
-// closes its side, then closes, recording each peer in log (if not nil).
-// It stops, and waits for its connections, when the test ends.
-func serveTCPEcho(t *testing.T, ln net.Listener, log *peerLog) {
+// serveConns runs handle on every connection accepted on ln, each on its
+// own goroutine, and closes the connection after it; handle's errors are
+// reported on t. Each connection has 20 s to finish, so that a stuck peer
+// cannot hold the test's cleanup, which stops the server and waits for
+// the handlers, for longer.
+func serveConns(t *testing.T, ln net.Listener, handle func(net.Conn) error) {
 	var wg sync.WaitGroup
-	wg.Go(func() { tcpEchoAcceptLoop(ln, log, &wg) })
+	wg.Go(func() { acceptLoop(t, ln, handle, &wg) })
 	t.Cleanup(func() {
 		ln.Close()
 		wg.Wait()
 	})
 }
 
-func tcpEchoAcceptLoop(ln net.Listener, log *peerLog, wg *sync.WaitGroup) {
+// acceptLoop is serveConns' goroutine: it accepts until ln is closed and
+// starts a handler for each connection in wg.
+func acceptLoop(t *testing.T, ln net.Listener, handle func(net.Conn) error, wg *sync.WaitGroup) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
+		wg.Go(func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			if err := handle(c); err != nil {
+				t.Errorf("server %s: %v", ln.Addr(), err)
+			}
+		})
+	}
+}
+
+// serveTCPEcho echoes every connection accepted on ln until the peer
+// closes its side, then closes, recording each peer in log (if not nil),
+// until the test ends.
+func serveTCPEcho(t *testing.T, ln net.Listener, log *peerLog) {
+	serveConns(t, ln, func(c net.Conn) error {
 		if log != nil {
 			log.add(peerAddr(c.RemoteAddr()))
 		}
-		wg.Go(func() {
-			defer c.Close()
-			// A stuck peer must not hold the test's cleanup forever.
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			io.Copy(c, c)
-		})
-	}
+		_, err := io.Copy(c, c)
+		return err
+	})
 }
 
 // serveUDPEcho sends every datagram on pc back to its sender, recording

@@ -41,7 +41,9 @@ const netnsDir = "/var/run/netns"
 // (tsw-test-PID-RANDOM) and returns its path, /var/run/netns/NAME. Its
 // cleanup, which deletes the namespace and checks the name is gone, is
 // registered before NewNetNS returns, so it runs after every cleanup the
-// test registers later for things made inside the namespace.
+// test registers later for things made inside the namespace. A test may
+// delete the namespace itself, as a runtime does when a pod goes; the
+// cleanup then finds nothing to do.
 func NewNetNS(t testing.TB) string {
 	t.Helper()
 	var rnd [4]byte
@@ -54,6 +56,9 @@ func NewNetNS(t testing.TB) string {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, strings.TrimSpace(string(out)))
 	}
 	t.Cleanup(func() {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return // the test deleted it
+		}
 		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns delete %s: %v: %s", name, err, strings.TrimSpace(string(out)))
 		}
