@@ -8,8 +8,6 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 )
 
 // DialTCP connects from the gateway to dst, a pod's address and port, and
@@ -43,13 +41,8 @@ func (p *Port) DialUDP(dst netip.AddrPort) (net.Conn, error) {
 
 // podAddress checks that dst is in the pod network and converts it.
 func (p *Port) podAddress(dst netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber, error) {
-	a := dst.Addr().Unmap()
-	if !dst.IsValid() || dst.Port() == 0 || !p.inPodNetwork(a) {
+	if !dst.IsValid() || dst.Port() == 0 || !p.inPodNetwork(dst.Addr()) {
 		return tcpip.FullAddress{}, 0, fmt.Errorf("netstack: %s is not a pod address and port", dst)
 	}
-	proto := ipv4.ProtocolNumber
-	if a.Is6() {
-		proto = ipv6.ProtocolNumber
-	}
-	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(a.AsSlice()), Port: dst.Port()}, proto, nil
+	return fullAddress(dst.Addr(), dst.Port()), netProto(dst.Addr()), nil
 }

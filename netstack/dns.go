@@ -9,13 +9,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 )
 
 // The DNS forwarder: the gateway answers DNS on port 53 of each of its
@@ -121,6 +119,10 @@ type dnsForwarder struct {
 	p        *Port
 	udpSlots chan struct{} // one token per UDP query in flight
 	tcpSlots chan struct{} // one token per open TCP connection
+	// udpBufs holds *[]byte of dnsMaxMessage bytes, for reading upstream
+	// answers over UDP: each try needs room for the largest, and most
+	// answers are far smaller.
+	udpBufs sync.Pool
 }
 
 // startDNS listens on UDP and TCP port 53 of every gateway address and
@@ -133,6 +135,10 @@ func (p *Port) startDNS() error {
 		p:        p,
 		udpSlots: make(chan struct{}, dnsMaxUDPQueries),
 		tcpSlots: make(chan struct{}, dnsMaxTCPConns),
+	}
+	f.udpBufs.New = func() any {
+		b := make([]byte, dnsMaxMessage)
+		return &b
 	}
 	var (
 		conns     []*gonet.UDPConn
@@ -148,7 +154,7 @@ func (p *Port) startDNS() error {
 		return err
 	}
 	for _, a := range p.opts.Addrs {
-		full, proto := gatewayAddress(a.Addr(), dnsPort)
+		full, proto := fullAddress(a.Addr(), dnsPort), netProto(a.Addr())
 		c, err := gonet.DialUDP(p.stack, &full, nil, proto)
 		if err != nil {
 			return fail(fmt.Errorf("netstack: dns: listen udp %s: %w", netip.AddrPortFrom(a.Addr(), dnsPort), err))
@@ -168,15 +174,6 @@ func (p *Port) startDNS() error {
 	}
 	p.log.Info("dns forwarder started", "upstreams", fmt.Sprint(p.opts.DNS))
 	return nil
-}
-
-// gatewayAddress is the stack's address for port port of gateway address a.
-func gatewayAddress(a netip.Addr, port uint16) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
-	proto := ipv4.ProtocolNumber
-	if a.Is6() {
-		proto = ipv6.ProtocolNumber
-	}
-	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(a.AsSlice()), Port: port}, proto
 }
 
 // udpLoop reads the queries arriving at c and starts a goroutine for each.
@@ -323,15 +320,11 @@ func (f *dnsForwarder) exchange(q []byte, tcp bool) ([]byte, error) {
 // returns its answer, within dnsTryTimeout.
 func (f *dnsForwarder) exchangeWith(u netip.AddrPort, q []byte, tcp bool) ([]byte, error) {
 	u = netip.AddrPortFrom(u.Addr().Unmap(), u.Port())
-	network := "udp"
+	transport := "udp"
 	if tcp {
-		network = "tcp"
+		transport = "tcp"
 	}
-	if u.Addr().Is4() {
-		network += "4"
-	} else {
-		network += "6"
-	}
+	network := hostNetwork(transport, u.Addr())
 	ctx, cancel := context.WithTimeout(f.p.ctx, dnsTryTimeout)
 	defer cancel()
 	c, err := f.p.opts.Dial(ctx, network, u.String())
@@ -347,7 +340,9 @@ func (f *dnsForwarder) exchangeWith(u netip.AddrPort, q []byte, tcp bool) ([]byt
 	if tcp {
 		ans, err = exchangeTCP(c, q)
 	} else {
-		ans, err = exchangeUDP(c, q)
+		buf := f.udpBufs.Get().(*[]byte)
+		ans, err = exchangeUDP(c, q, *buf)
+		f.udpBufs.Put(buf)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -358,20 +353,20 @@ func (f *dnsForwarder) exchangeWith(u netip.AddrPort, q []byte, tcp bool) ([]byt
 	return ans, nil
 }
 
-// exchangeUDP sends q on the connected UDP socket c and returns the first
-// datagram that answers it. Others (stray or forged) are skipped.
-func exchangeUDP(c net.Conn, q []byte) ([]byte, error) {
+// exchangeUDP sends q on the connected UDP socket c and returns a copy
+// of the first datagram that answers it, read into buf, which must hold
+// the largest. Others (stray or forged) are skipped.
+func exchangeUDP(c net.Conn, q, buf []byte) ([]byte, error) {
 	if _, err := c.Write(q); err != nil {
 		return nil, err
 	}
-	buf := make([]byte, dnsMaxMessage)
 	for {
 		n, err := c.Read(buf)
 		if err != nil {
 			return nil, err
 		}
 		if isDNSAnswerTo(buf[:n], q) {
-			return buf[:n], nil
+			return bytes.Clone(buf[:n]), nil
 		}
 	}
 }

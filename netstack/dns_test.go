@@ -266,7 +266,7 @@ func closedPort(t *testing.T) netip.AddrPort {
 
 // podQueryUDP sends q from pod to server over UDP and returns the answer.
 func podQueryUDP(pod *Port, server netip.AddrPort, q []byte) ([]byte, error) {
-	full, proto := fullAddr(server)
+	full, proto := fullAddress(server.Addr(), server.Port()), netProto(server.Addr())
 	c, err := gonet.DialUDP(pod.stack, nil, &full, proto)
 	if err != nil {
 		return nil, err
@@ -585,7 +585,7 @@ func TestDNSResolver(t *testing.T) {
 			// Whatever nameserver the host's resolv.conf names, the
 			// query goes to the gateway from inside the pod.
 			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				full, proto := fullAddr(server)
+				full, proto := fullAddress(server.Addr(), server.Port()), netProto(server.Addr())
 				switch network {
 				case "udp", "udp4", "udp6":
 					return gonet.DialUDP(pod.stack, nil, &full, proto)

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -114,6 +112,10 @@ type egress struct {
 	maxTCP, maxUDP int64
 
 	fwd *tcp.Forwarder
+	// synDrops is the stack's count of SYNs the forwarder dropped for
+	// maxTCPHandshakes (ForwardMaxInFlightDrop), kept here because
+	// Stack.Stats copies every counter.
+	synDrops *tcpip.StatCounter
 
 	// icmp sends destination unreachable errors to pods; see
 	// egress_icmp.go.
@@ -128,7 +130,10 @@ type egress struct {
 	tcpFlows   map[*tcpFlow]struct{}
 	synPending map[stack.TransportEndpointID][]byte
 
-	tcpActive    atomic.Int64 // a gauge, also the limit's count
+	// tcpActive and udpActive are gauges, also the limits' counts. A
+	// flow subtracts its 1 only after it has added it, so they never go
+	// below zero.
+	tcpActive    atomic.Int64
 	udpActive    atomic.Int64
 	tcpTotal     atomic.Uint64
 	tcpRefused   atomic.Uint64
@@ -154,6 +159,7 @@ func (p *Port) startEgress() {
 		synPending: make(map[stack.TransportEndpointID][]byte),
 		maxTCP:     maxTCPFlows,
 		maxUDP:     maxUDPFlows,
+		synDrops:   p.stack.Stats().TCP.ForwardMaxInFlightDrop,
 	}
 	e.bufs.New = func() any {
 		b := make([]byte, copyBufSize)
@@ -171,13 +177,13 @@ func (p *Port) startEgress() {
 func (p *Port) EgressStats() EgressStats {
 	e := p.egress
 	return EgressStats{
-		TCPActive:      uint64(max(e.tcpActive.Load(), 0)),
+		TCPActive:      uint64(e.tcpActive.Load()),
 		TCPTotal:       e.tcpTotal.Load(),
 		TCPRefused:     e.tcpRefused.Load(),
 		TCPTimeouts:    e.tcpTimeouts.Load(),
 		TCPUnreachable: e.tcpUnreach.Load(),
-		TCPDropped:     e.tcpDropped.Load() + p.stack.Stats().TCP.ForwardMaxInFlightDrop.Value(),
-		UDPActive:      uint64(max(e.udpActive.Load(), 0)),
+		TCPDropped:     e.tcpDropped.Load() + e.synDrops.Value(),
+		UDPActive:      uint64(e.udpActive.Load()),
 		UDPTotal:       e.udpTotal.Load(),
 		UDPExpired:     e.udpExpired.Load(),
 		UDPUnreachable: e.udpUnreach.Load(),
@@ -225,13 +231,9 @@ func (e *egress) closeLoop() {
 
 // dial opens the host side of a flow to dst within Options.DialTimeout.
 func (e *egress) dial(proto string, dst netip.AddrPort) (net.Conn, error) {
-	network := proto + "4"
-	if dst.Addr().Is6() {
-		network = proto + "6"
-	}
 	ctx, cancel := context.WithTimeout(e.p.ctx, e.p.opts.DialTimeout)
 	defer cancel()
-	return e.p.opts.Dial(ctx, network, dst.String())
+	return e.p.opts.Dial(ctx, hostNetwork(proto, dst.Addr()), dst.String())
 }
 
 // getBuf takes a copy buffer from the pool; putBuf returns it.
@@ -282,19 +284,10 @@ func (p *Port) isPodSource(src netip.Addr) bool {
 }
 
 // isLocal reports whether a is one of the gateway's own addresses,
-// link-local ones included.
-func (p *Port) isLocal(a tcpip.Address) bool {
-	proto := ipv4.ProtocolNumber
-	if a.BitLen() == 128 {
-		proto = ipv6.ProtocolNumber
-	}
-	return p.stack.CheckLocalAddress(nicID, proto, a) != 0
-}
-
-// addrPort converts a gVisor address and port.
-func addrPort(a tcpip.Address, port uint16) netip.AddrPort {
-	ip, _ := netip.AddrFromSlice(a.AsSlice())
-	return netip.AddrPortFrom(ip, port)
+// link-local ones included. An IPv4-mapped IPv6 address never is: New
+// refuses them as gateway addresses.
+func (p *Port) isLocal(a netip.Addr) bool {
+	return !a.Is4In6() && p.stack.CheckLocalAddress(nicID, netProto(a), tcpipAddress(a)) != 0
 }
 
 // isTimeout reports whether a dial failed by running out of time.

@@ -128,10 +128,7 @@ func newICMPErrors(p *Port, log *slog.Logger) *icmpErrors {
 		log.Warn("no icmpv6 unreachable errors", "err", err.String())
 		return c
 	}
-	var deny tcpip.ICMPv6Filter
-	for i := range deny.DenyType {
-		deny.DenyType[i] = ^uint32(0)
-	}
+	deny := icmpv6Filter()
 	if err := ep6.SetSockOpt(&deny); err != nil {
 		ep6.Close()
 		log.Warn("no icmpv6 unreachable errors", "err", err.String())
@@ -251,17 +248,6 @@ func (c *icmpErrors) send6(gw, pod netip.Addr, u unreachable, quote []byte) tcpi
 		},
 	})
 	return err
-}
-
-// gatewayFor returns the gateway's address in the subnet of pod.
-func (p *Port) gatewayFor(pod netip.Addr) (netip.Addr, bool) {
-	pod = pod.Unmap()
-	for _, pfx := range p.opts.Addrs {
-		if pfx.Masked().Contains(pod) {
-			return pfx.Addr(), true
-		}
-	}
-	return netip.Addr{}, false
 }
 
 // sendUnreachable sends the pod at src the error u about the quoted packet

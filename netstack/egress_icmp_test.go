@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 
 	vswitch "tapswitch/switch"
 	"tapswitch/switch/porttest"
@@ -124,31 +122,22 @@ func TestEgressICMPUnreachableMessage(t *testing.T) {
 	}
 }
 
-// wireNet is a gateway on a switch with a porttest pod port, for tests
-// that read and write frames: pod4 and pod6 at podMAC.
+// wireNet is a testNet whose gateway knows the pod's MAC from static
+// neighbour entries, so its first packet to the pod needs no resolution.
 type wireNet struct {
 	*testNet
 }
 
-// newWireNet builds a wireNet. The gateway knows the pod's MAC from static
-// neighbour entries, so its first packet to the pod needs no resolution.
+// newWireNet builds a wireNet with newTestNet(t, opts).
 func newWireNet(t *testing.T, opts Options) *wireNet {
 	t.Helper()
-	g := newGWNet(t, opts)
-	pod := porttest.New("pod")
-	if _, err := g.sw.AddPort(pod); err != nil {
-		t.Fatalf("AddPort(pod): %v", err)
-	}
+	n := newTestNet(t, opts)
 	for _, a := range []netip.Addr{pod4, pod6} {
-		proto := ipv4.ProtocolNumber
-		if a.Is6() {
-			proto = ipv6.ProtocolNumber
-		}
-		if err := g.gw.stack.AddStaticNeighbor(nicID, proto, tcpipAddr(a), tcpip.LinkAddress(podMAC[:])); err != nil {
+		if err := n.gw.stack.AddStaticNeighbor(nicID, netProto(a), tcpipAddress(a), tcpip.LinkAddress(podMAC[:])); err != nil {
 			t.Fatalf("AddStaticNeighbor(%s): %v", a, err)
 		}
 	}
-	return &wireNet{&testNet{gw: g.gw, pod: pod}}
+	return &wireNet{n}
 }
 
 // injectAndAwaitICMP sends the IPv4 or IPv6 packet pkt from the pod to
@@ -175,11 +164,11 @@ func (n *wireNet) injectAndAwaitICMP(t *testing.T, pkt []byte) []byte {
 	}
 	ip := e.Payload()
 	if v6 {
-		if src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40])); src != gw6 || dst != pod6 {
-			t.Errorf("error ip %s -> %s, want %s -> %s", src, dst, gw6, pod6)
+		if src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40])); src != netGW6.Addr() || dst != pod6 {
+			t.Errorf("error ip %s -> %s, want %s -> %s", src, dst, netGW6.Addr(), pod6)
 		}
 		icmp := ip[40 : 40+int(binary.BigEndian.Uint16(ip[4:]))]
-		if c := checksum(icmp, pseudoSum6(ip)); c != 0 {
+		if c := ^vswitch.Checksum(icmp, pseudoSum6(ip)); c != 0 {
 			t.Errorf("icmpv6 checksum does not verify (%#04x)", c)
 		}
 		if len(ip) > 1280 {
@@ -187,15 +176,15 @@ func (n *wireNet) injectAndAwaitICMP(t *testing.T, pkt []byte) []byte {
 		}
 		return icmp
 	}
-	if src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20])); src != gw4 || dst != pod4 {
-		t.Errorf("error ip %s -> %s, want %s -> %s", src, dst, gw4, pod4)
+	if src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20])); src != netGW4.Addr() || dst != pod4 {
+		t.Errorf("error ip %s -> %s, want %s -> %s", src, dst, netGW4.Addr(), pod4)
 	}
 	ihl := int(ip[0]&0xf) * 4
-	if c := checksum(ip[:ihl], 0); c != 0 {
+	if c := ^vswitch.Checksum(ip[:ihl], 0); c != 0 {
 		t.Errorf("ip header checksum does not verify (%#04x)", c)
 	}
 	icmp := ip[ihl:int(binary.BigEndian.Uint16(ip[2:]))]
-	if c := checksum(icmp, 0); c != 0 {
+	if c := ^vswitch.Checksum(icmp, 0); c != 0 {
 		t.Errorf("icmp checksum does not verify (%#04x)", c)
 	}
 	if len(ip) > 576 {

@@ -52,7 +52,7 @@ type tcpFlow struct {
 // destination unreachable; the forwarder's request does not give the
 // packet back. After Close has begun, segments are dropped.
 func (e *egress) handleTCPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-	drops := e.p.stack.Stats().TCP.ForwardMaxInFlightDrop
+	drops := e.synDrops
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -101,7 +101,7 @@ func (e *egress) handleTCP(req *tcp.ForwarderRequest) {
 		// host with no listener, with a RST (RFC 9293 section
 		// 3.10.7.1); anything else (multicast, broadcast, loopback) is
 		// not a destination at all and gets nothing.
-		e.complete(req, id, e.p.inPodNetwork(f.dst.Addr()) || e.p.isLocal(id.LocalAddress))
+		e.complete(req, id, e.p.inPodNetwork(f.dst.Addr()) || e.p.isLocal(f.dst.Addr()))
 		return
 	}
 	if !e.p.isPodSource(f.src.Addr()) {

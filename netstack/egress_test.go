@@ -252,7 +252,7 @@ func TestEgressTCPResetFromHost(t *testing.T) {
 // for what gonet cannot do (a RST).
 func podConnectTCP(t *testing.T, p *Port, dst netip.AddrPort) (tcpip.Endpoint, *gonet.TCPConn) {
 	t.Helper()
-	full, proto := fullAddr(dst)
+	full, proto := fullAddress(dst.Addr(), dst.Port()), netProto(dst.Addr())
 	var wq waiter.Queue
 	ep, terr := p.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
@@ -425,7 +425,7 @@ func tcpSYN(src, dst netip.AddrPort) []byte {
 	seg[12] = 5 << 4
 	seg[13] = byte(header.TCPFlagSyn)
 	binary.BigEndian.PutUint16(seg[14:], 65535)
-	binary.BigEndian.PutUint16(seg[16:], checksum(seg, pseudoSum(src.Addr(), dst.Addr(), 6, len(seg))))
+	binary.BigEndian.PutUint16(seg[16:], ^vswitch.Checksum(seg, pseudoSum(src.Addr(), dst.Addr(), 6, len(seg))))
 	return ipPacket(src.Addr(), dst.Addr(), 6, seg)
 }
 
@@ -437,7 +437,7 @@ func udpDatagram(src, dst netip.AddrPort, payload []byte) []byte {
 	binary.BigEndian.PutUint16(seg[2:], dst.Port())
 	binary.BigEndian.PutUint16(seg[4:], uint16(len(seg)))
 	copy(seg[header.UDPMinimumSize:], payload)
-	binary.BigEndian.PutUint16(seg[6:], checksum(seg, pseudoSum(src.Addr(), dst.Addr(), 17, len(seg))))
+	binary.BigEndian.PutUint16(seg[6:], ^vswitch.Checksum(seg, pseudoSum(src.Addr(), dst.Addr(), 17, len(seg))))
 	return ipPacket(src.Addr(), dst.Addr(), 17, seg)
 }
 
@@ -540,7 +540,7 @@ func testCloseDuringHandshake(t *testing.T, cancelFirst bool) {
 		}
 	}()
 	pool := vswitch.NewPool(vswitch.SmallBufSize)
-	arp := porttest.ARPRequest(podMAC, pod4, gw4)
+	arp := porttest.ARPRequest(podMAC, pod4, netGW4.Addr())
 	syn := porttest.Ether(gwMAC, podMAC, vswitch.EtherTypeIP4, tcpSYN(netip.AddrPortFrom(pod4, 40000), outside4))
 	if _, err := p.WriteBatch(framesOf(pool, arp, syn)); err != nil {
 		t.Fatalf("WriteBatch: %v", err)
@@ -691,8 +691,8 @@ func TestEgressNotForwarded(t *testing.T) {
 	other4 := netip.MustParseAddr("10.244.0.77")
 	other6 := netip.MustParseAddr("fd00:244::77")
 	pod.stack.SetRouteTable(append([]tcpip.Route{
-		{Destination: subnet(netip.PrefixFrom(other4, 32)), Gateway: tcpipAddr(netGW4.Addr()), NIC: nicID},
-		{Destination: subnet(netip.PrefixFrom(other6, 128)), Gateway: tcpipAddr(netGW6.Addr()), NIC: nicID},
+		{Destination: subnet(netip.PrefixFrom(other4, 32)), Gateway: tcpipAddress(netGW4.Addr()), NIC: nicID},
+		{Destination: subnet(netip.PrefixFrom(other6, 128)), Gateway: tcpipAddress(netGW6.Addr()), NIC: nicID},
 	}, pod.stack.GetRouteTable()...))
 
 	for _, a := range []netip.Addr{other4, other6} {
@@ -913,8 +913,8 @@ func (n *gwNet) addStranger(t *testing.T, id byte, addrs ...netip.Prefix) *Port 
 	}
 	plainHost(t, p)
 	p.stack.SetRouteTable([]tcpip.Route{
-		{Destination: header.IPv4EmptySubnet, Gateway: tcpipAddr(netGW4.Addr()), NIC: nicID},
-		{Destination: header.IPv6EmptySubnet, Gateway: tcpipAddr(netGW6.Addr()), NIC: nicID},
+		{Destination: header.IPv4EmptySubnet, Gateway: tcpipAddress(netGW4.Addr()), NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, Gateway: tcpipAddress(netGW6.Addr()), NIC: nicID},
 	})
 	if _, err := n.sw.AddPort(p); err != nil {
 		p.Close()

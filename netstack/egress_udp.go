@@ -58,13 +58,12 @@ func (e *egress) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 		// answers port unreachable (RFC 1122 section 4.1.3.1).
 		// Anything else is dropped: other pods, multicast and
 		// broadcast are not the gateway's to answer.
-		return !e.p.isLocal(id.LocalAddress)
+		return !e.p.isLocal(f.dst.Addr())
 	}
 	if !e.p.isPodSource(f.src.Addr()) {
 		e.badSource.Add(1)
 		return true
 	}
-	f.quote = e.icmp.quote(pkt)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -74,6 +73,9 @@ func (e *egress) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 		e.udpDropped.Add(1)
 		return true
 	}
+	// Quoted only now, for a flow that starts, and before the endpoint
+	// takes the packet.
+	f.quote = e.icmp.quote(pkt)
 	ep, err := udp.NewForwarderRequest(e.p.stack, id, pkt).CreateEndpoint(&f.wq)
 	if err != nil {
 		e.udpDropped.Add(1)

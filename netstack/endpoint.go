@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"sync"
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -30,9 +29,14 @@ type endpoint struct {
 	dropTooBig    atomic.Uint64
 	dropClosed    atomic.Uint64
 
-	mu         sync.RWMutex // guards mac, dispatcher
-	mac        tcpip.LinkAddress
-	dispatcher stack.NetworkDispatcher
+	// mac never changes (SetLinkAddress is ignored), so gVisor's call of
+	// LinkAddress for each unicast frame it receives reads it without
+	// a lock.
+	mac tcpip.LinkAddress
+	// dispatcher is the ethernet endpoint above, set by Attach when New
+	// creates the NIC and cleared when Close removes it. deliver loads it
+	// once per frame; an atomic pointer keeps that free of locks.
+	dispatcher atomic.Pointer[stack.NetworkDispatcher]
 }
 
 var (
@@ -59,9 +63,7 @@ func newEndpoint(mac vswitch.MAC, frameMTU, queueLen int, pools *vswitch.Pools) 
 // deliver copies one Ethernet frame into a new PacketBuffer and hands it to
 // the stack. It reports false if no NIC is attached.
 func (e *endpoint) deliver(frame []byte) bool {
-	e.mu.RLock()
-	d := e.dispatcher
-	e.mu.RUnlock()
+	d := e.dispatcher.Load()
 	if d == nil {
 		return false
 	}
@@ -74,7 +76,7 @@ func (e *endpoint) deliver(frame []byte) bool {
 	// and nothing on that path can corrupt a frame.
 	// The protocol number is 0: the ethernet endpoint above reads it from
 	// the header it strips.
-	d.DeliverNetworkPacket(0, pkt)
+	(*d).DeliverNetworkPacket(0, pkt)
 	pkt.DecRef()
 	return true
 }
@@ -108,12 +110,7 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 			e.dropTooBig.Add(1)
 			continue
 		}
-		buf := f.ReadBuf(0)
-		off := 0
-		for _, s := range pkt.AsSlices() {
-			off += copy(buf[off:], s)
-		}
-		f.SetLen(off)
+		f.SetLen(copyPacket(f.ReadBuf(0), pkt))
 		if gso.Type != stack.GSONone {
 			setOffload(&f.Offload, pkt, super)
 		}
@@ -125,6 +122,25 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		}
 	}
 	return n, nil
+}
+
+// copyPacket copies pkt, headers included, into buf and returns its
+// length. It walks the packet's views in place: pkt.AsSlices would
+// allocate a slice of them, and a clone of each, per packet. The packet
+// starts skip bytes into its first views, past header room it did not use.
+func copyPacket(buf []byte, pkt *stack.PacketBuffer) int {
+	views, skip := pkt.AsViewList()
+	n := 0
+	for v := views.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		n += copy(buf[n:], b[skip:])
+		skip = 0
+	}
+	return n
 }
 
 // setOffload describes a TCP packet the stack built for host GSO, as the
@@ -160,17 +176,13 @@ func (e *endpoint) SetMTU(uint32) {}
 
 func (e *endpoint) MaxHeaderLength() uint16 { return 0 }
 
-func (e *endpoint) LinkAddress() tcpip.LinkAddress {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	return e.mac
-}
+// LinkAddress is Options.MAC.
+func (e *endpoint) LinkAddress() tcpip.LinkAddress { return e.mac }
 
-func (e *endpoint) SetLinkAddress(addr tcpip.LinkAddress) {
-	e.mu.Lock()
-	e.mac = addr
-	e.mu.Unlock()
-}
+// SetLinkAddress is ignored: the MAC is fixed by Options, and the switch's
+// ARP binding for the gateway and the router advertisements (ra.go) carry
+// that one.
+func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities: received checksums are trusted (see deliver). Sent ones
 // are the stack's to compute, except TCP's, which GSO leaves partial. The
@@ -179,17 +191,16 @@ func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityRXChecksumOffload
 }
 
+// Attach sets the dispatcher that deliver hands frames to; nil detaches.
 func (e *endpoint) Attach(d stack.NetworkDispatcher) {
-	e.mu.Lock()
-	e.dispatcher = d
-	e.mu.Unlock()
+	if d == nil {
+		e.dispatcher.Store(nil)
+		return
+	}
+	e.dispatcher.Store(&d)
 }
 
-func (e *endpoint) IsAttached() bool {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	return e.dispatcher != nil
-}
+func (e *endpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
 
 // Wait returns at once: the endpoint has no goroutines.
 func (e *endpoint) Wait() {}

@@ -27,8 +27,7 @@ func TestBulkTransferUsesSuperFrames(t *testing.T) {
 	}
 	for _, gw := range []netip.Prefix{netGW4, netGW6} {
 		dst := netip.AddrPortFrom(gw.Addr(), 9000)
-		full, proto := fullAddr(dst)
-		full.NIC = nicID
+		full, proto := fullAddress(dst.Addr(), dst.Port()), netProto(dst.Addr())
 		ln, err := gonet.ListenTCP(n.gw.stack, full, proto)
 		if err != nil {
 			t.Fatalf("listen on %s: %v", dst, err)

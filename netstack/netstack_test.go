@@ -20,7 +20,7 @@ import (
 
 // TestMain turns on gVisor's reference leak checking: every PacketBuffer
 // and buffer chunk is registered while alive, and a leak panics. Each test
-// also checks after its Close (see newTestNet); this is the final sweep.
+// also checks after its Close (see newGWNet); this is the final sweep.
 func TestMain(m *testing.M) {
 	refs.SetLeakMode(refs.LeaksPanic)
 	code := m.Run()
@@ -28,48 +28,30 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// The gateway's MAC (its addresses are netGW4 and netGW6), and the pod of
+// testNet: pod4 and pod6 at podMAC.
 var (
 	gwMAC  = vswitch.MAC{0x02, 0x00, 0x00, 0x00, 0x00, 0x01}
 	podMAC = porttest.MAC(0x10)
-	gw4    = netip.MustParseAddr("10.244.0.1")
 	pod4   = netip.MustParseAddr("10.244.0.2")
-	gw6    = netip.MustParseAddr("fd00:244::1")
 	pod6   = netip.MustParseAddr("fd00:244::2")
 )
 
-// testNet is a switch with the gateway Port and one pod port.
+// testNet is a gwNet with one porttest pod port, for tests that write
+// frames as the pod and read what the pod receives.
 type testNet struct {
-	gw  *Port
+	*gwNet
 	pod *porttest.Port
 }
 
-// newTestNet builds the switch. Its cleanup closes everything, then checks
-// for leaked references and (registered first, so it runs last) goroutines.
-func newTestNet(t *testing.T) *testNet {
+// newTestNet builds a testNet with newGWNet(t, opts), whose cleanup
+// closes everything, the pod port included, then checks for leaked
+// references and goroutines. The pod is on the switch before the
+// gateway, so it receives the gateway's first router advertisement.
+func newTestNet(t *testing.T, opts Options) *testNet {
 	t.Helper()
-	testutil.CheckGoroutines(t)
-	gw, err := New(Options{
-		MAC:   gwMAC,
-		MTU:   1500,
-		Addrs: []netip.Prefix{netip.MustParsePrefix("10.244.0.1/24"), netip.MustParsePrefix("fd00:244::1/64")},
-	})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	sw := vswitch.New(vswitch.Options{})
-	t.Cleanup(func() {
-		if err := sw.Close(); err != nil {
-			t.Errorf("switch Close: %v", err)
-		}
-		refs.DoRepeatedLeakCheck()
-	})
 	pod := porttest.New("pod")
-	for _, p := range []vswitch.Port{pod, gw} {
-		if _, err := sw.AddPort(p); err != nil {
-			t.Fatalf("AddPort(%s): %v", p.Name(), err)
-		}
-	}
-	return &testNet{gw: gw, pod: pod}
+	return &testNet{gwNet: newGWNet(t, opts, pod), pod: pod}
 }
 
 // await returns the first frame the pod received that match accepts.
@@ -88,21 +70,6 @@ func (n *testNet) await(t *testing.T, what string, match func(vswitch.Ether) boo
 	return nil
 }
 
-// checksum is the Internet checksum (RFC 1071) of b, continuing from sum.
-func checksum(b []byte, sum uint32) uint16 {
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
-}
-
 // ipv4Packet returns an IPv4 header (no options, TTL 64) and payload.
 func ipv4Packet(src, dst netip.Addr, proto byte, payload []byte) []byte {
 	b := make([]byte, 20+len(payload))
@@ -114,7 +81,7 @@ func ipv4Packet(src, dst netip.Addr, proto byte, payload []byte) []byte {
 	s, d := src.As4(), dst.As4()
 	copy(b[12:], s[:])
 	copy(b[16:], d[:])
-	binary.BigEndian.PutUint16(b[10:], checksum(b[:20], 0))
+	binary.BigEndian.PutUint16(b[10:], ^vswitch.Checksum(b[:20], 0))
 	copy(b[20:], payload)
 	return b
 }
@@ -142,7 +109,7 @@ func ipv6Packet(src, dst netip.Addr, hopLimit byte, icmp []byte) []byte {
 	copy(b[8:], s[:])
 	copy(b[24:], d[:])
 	copy(b[40:], icmp)
-	binary.BigEndian.PutUint16(b[42:], checksum(b[40:], pseudoSum6(b)))
+	binary.BigEndian.PutUint16(b[42:], ^vswitch.Checksum(b[40:], pseudoSum6(b)))
 	return b
 }
 
@@ -164,8 +131,8 @@ func solicitedNode(a netip.Addr) (netip.Addr, vswitch.MAC) {
 }
 
 func TestARP(t *testing.T) {
-	n := newTestNet(t)
-	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, gw4))
+	n := newTestNet(t, Options{})
+	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, netGW4.Addr()))
 	e := n.await(t, "ARP reply", func(e vswitch.Ether) bool { return e.Type() == vswitch.EtherTypeARP })
 	if e.Dst() != podMAC || e.Src() != gwMAC {
 		t.Errorf("reply ether %s -> %s, want %s -> %s", e.Src(), e.Dst(), gwMAC, podMAC)
@@ -179,7 +146,7 @@ func TestARP(t *testing.T) {
 		{"htype", a.HType(), uint16(1)},
 		{"ptype", a.PType(), uint16(vswitch.EtherTypeIP4)},
 		{"sha", a.SHA(), gwMAC},
-		{"spa", a.SPA(), gw4},
+		{"spa", a.SPA(), netGW4.Addr()},
 		{"tha", a.THA(), podMAC},
 		{"tpa", a.TPA(), pod4},
 	}
@@ -191,16 +158,16 @@ func TestARP(t *testing.T) {
 }
 
 func TestPing4(t *testing.T) {
-	n := newTestNet(t)
+	n := newTestNet(t, Options{})
 	// The ARP request teaches the gateway the pod's MAC, so its reply
 	// needs no resolution of its own.
-	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, gw4))
+	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, netGW4.Addr()))
 	n.await(t, "ARP reply", func(e vswitch.Ether) bool { return e.Type() == vswitch.EtherTypeARP })
 
 	data := []byte("tapswitch ping payload 0123456789")
 	req := icmpEcho(8, 0xbeef, 7, data)
-	binary.BigEndian.PutUint16(req[2:], checksum(req, 0))
-	n.pod.Inject(porttest.Ether(gwMAC, podMAC, vswitch.EtherTypeIP4, ipv4Packet(pod4, gw4, 1, req)))
+	binary.BigEndian.PutUint16(req[2:], ^vswitch.Checksum(req, 0))
+	n.pod.Inject(porttest.Ether(gwMAC, podMAC, vswitch.EtherTypeIP4, ipv4Packet(pod4, netGW4.Addr(), 1, req)))
 
 	e := n.await(t, "echo reply", func(e vswitch.Ether) bool {
 		return e.Type() == vswitch.EtherTypeIP4 && len(e.Payload()) >= 28 && e.Payload()[9] == 1 && e.Payload()[20] == 0
@@ -211,14 +178,14 @@ func TestPing4(t *testing.T) {
 	if e.Dst() != podMAC || e.Src() != gwMAC {
 		t.Errorf("reply ether %s -> %s, want %s -> %s", e.Src(), e.Dst(), gwMAC, podMAC)
 	}
-	if src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20])); src != gw4 || dst != pod4 {
-		t.Errorf("reply ip %s -> %s, want %s -> %s", src, dst, gw4, pod4)
+	if src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20])); src != netGW4.Addr() || dst != pod4 {
+		t.Errorf("reply ip %s -> %s, want %s -> %s", src, dst, netGW4.Addr(), pod4)
 	}
-	if c := checksum(ip[:ihl], 0); c != 0 {
+	if c := ^vswitch.Checksum(ip[:ihl], 0); c != 0 {
 		t.Errorf("reply ip header checksum does not verify (%#04x)", c)
 	}
 	icmp := ip[ihl:total]
-	if c := checksum(icmp, 0); c != 0 {
+	if c := ^vswitch.Checksum(icmp, 0); c != 0 {
 		t.Errorf("reply icmp checksum does not verify (%#04x)", c)
 	}
 	checkEcho(t, icmp, 0xbeef, 7, data)
@@ -236,14 +203,14 @@ func checkEcho(t *testing.T, icmp []byte, id, seq uint16, data []byte) {
 }
 
 func TestPing6(t *testing.T) {
-	n := newTestNet(t)
+	n := newTestNet(t, Options{})
 
 	// Neighbour solicitation for the gateway, with the pod's MAC in a
 	// source link-layer address option (RFC 4861 section 4.3).
-	snm, snmMAC := solicitedNode(gw6)
+	snm, snmMAC := solicitedNode(netGW6.Addr())
 	ns := make([]byte, 32)
 	ns[0] = 135
-	g16 := gw6.As16()
+	g16 := netGW6.Addr().As16()
 	copy(ns[8:], g16[:])
 	ns[24], ns[25] = 1, 1
 	copy(ns[26:], podMAC[:])
@@ -255,8 +222,8 @@ func TestPing6(t *testing.T) {
 	}
 	e := n.await(t, "neighbour advertisement", func(e vswitch.Ether) bool { return isICMP6(e, 136) })
 	na := e.Payload()[40:]
-	if target := netip.AddrFrom16([16]byte(na[8:24])); target != gw6 {
-		t.Errorf("advertisement target = %s, want %s", target, gw6)
+	if target := netip.AddrFrom16([16]byte(na[8:24])); target != netGW6.Addr() {
+		t.Errorf("advertisement target = %s, want %s", target, netGW6.Addr())
 	}
 	if na[4]&0x40 == 0 {
 		t.Errorf("advertisement flags %#x lack solicited", na[4])
@@ -267,14 +234,14 @@ func TestPing6(t *testing.T) {
 
 	data := []byte("tapswitch ping6")
 	req := icmpEcho(128, 0x6666, 3, data)
-	n.pod.Inject(porttest.Ether(gwMAC, podMAC, vswitch.EtherTypeIP6, ipv6Packet(pod6, gw6, 64, req)))
+	n.pod.Inject(porttest.Ether(gwMAC, podMAC, vswitch.EtherTypeIP6, ipv6Packet(pod6, netGW6.Addr(), 64, req)))
 	e = n.await(t, "echo reply", func(e vswitch.Ether) bool { return isICMP6(e, 129) })
 	ip := e.Payload()
-	if src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40])); src != gw6 || dst != pod6 {
-		t.Errorf("reply ip %s -> %s, want %s -> %s", src, dst, gw6, pod6)
+	if src, dst := netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40])); src != netGW6.Addr() || dst != pod6 {
+		t.Errorf("reply ip %s -> %s, want %s -> %s", src, dst, netGW6.Addr(), pod6)
 	}
 	icmp := ip[40 : 40+int(binary.BigEndian.Uint16(ip[4:]))]
-	if c := checksum(icmp, pseudoSum6(ip)); c != 0 {
+	if c := ^vswitch.Checksum(icmp, pseudoSum6(ip)); c != 0 {
 		t.Errorf("reply icmpv6 checksum does not verify (%#04x)", c)
 	}
 	checkEcho(t, icmp, 0x6666, 3, data)
@@ -306,7 +273,7 @@ func TestClose(t *testing.T) {
 	pool := vswitch.NewPool(vswitch.SmallBufSize)
 	frames := []*vswitch.Frame{pool.Get(), pool.Get()}
 	for _, f := range frames {
-		f.SetLen(copy(f.ReadBuf(0), porttest.ARPRequest(podMAC, pod4, gw4)))
+		f.SetLen(copy(f.ReadBuf(0), porttest.ARPRequest(podMAC, pod4, netGW4.Addr())))
 	}
 	n, err := p.WriteBatch(frames)
 	if n != 0 || !errors.Is(err, vswitch.ErrClosed) {
@@ -365,12 +332,12 @@ func TestOptionsErrors(t *testing.T) {
 // answers ARP only for its own address: a request for another pod's
 // address gets no reply and is counted.
 func TestNoARPForOthers(t *testing.T) {
-	n := newTestNet(t)
+	n := newTestNet(t, Options{})
 	other := netip.MustParseAddr("10.244.0.77")
 	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, other))
-	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, gw4))
+	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, netGW4.Addr()))
 	n.await(t, "ARP reply for the gateway", func(e vswitch.Ether) bool {
-		return e.Type() == vswitch.EtherTypeARP && vswitch.ARP(e.Payload()).SPA() == gw4
+		return e.Type() == vswitch.EtherTypeARP && vswitch.ARP(e.Payload()).SPA() == netGW4.Addr()
 	})
 	for _, b := range n.pod.Written() {
 		if e := vswitch.Ether(b); e.Type() == vswitch.EtherTypeARP && vswitch.ARP(e.Payload()).SPA() == other {

@@ -92,10 +92,16 @@ type Port struct {
 	stack *stack.Stack
 	clock *stackClock // the stack's clock, see stackClock
 	ep    *endpoint
-	done  chan struct{} // closed by Close; wakes ReadBatch
+
+	// segs holds the datagrams of the UDP super-frame WriteBatch is
+	// delivering, so cutting one allocates nothing. Only WriteBatch uses
+	// it, and the switch calls WriteBatch from one goroutine at a time
+	// (vswitch.Port).
+	segs []*vswitch.Frame
 
 	// ctx is cancelled by Close; the goroutines of egress flows, DNS and
-	// router advertisements end with it and are counted in flows.
+	// router advertisements end with it and are counted in flows, and
+	// ReadBatch returns.
 	ctx    context.Context
 	cancel context.CancelFunc
 	flows  sync.WaitGroup
@@ -131,7 +137,6 @@ func New(opts Options) (*Port, error) {
 		log:   opts.Logger.With("port", opts.Name),
 		caps:  vswitch.Caps{GSO: true, MaxFrame: frameMTU},
 		pools: vswitch.NewPools(),
-		done:  make(chan struct{}),
 	}
 	p.ep = newEndpoint(opts.MAC, frameMTU, opts.QueueLen, p.pools)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
@@ -233,15 +238,8 @@ func (p *Port) configure(opts Options) error {
 	}
 	var routes []tcpip.Route
 	for _, a := range opts.Addrs {
-		proto := ipv4.ProtocolNumber
-		if a.Addr().Is6() {
-			proto = ipv6.ProtocolNumber
-		}
-		addr := tcpip.AddressWithPrefix{
-			Address:   tcpip.AddrFromSlice(a.Addr().AsSlice()),
-			PrefixLen: a.Bits(),
-		}
-		pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: addr}
+		addr := tcpip.AddressWithPrefix{Address: tcpipAddress(a.Addr()), PrefixLen: a.Bits()}
+		pa := tcpip.ProtocolAddress{Protocol: netProto(a.Addr()), AddressWithPrefix: addr}
 		if err := p.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
 			return tcpipError("add address "+a.String(), err)
 		}
@@ -254,27 +252,33 @@ func (p *Port) configure(opts Options) error {
 	return nil
 }
 
+// gatewayFor returns the gateway's address in the subnet of pod.
+func (p *Port) gatewayFor(pod netip.Addr) (netip.Addr, bool) {
+	pod = pod.Unmap()
+	for _, pfx := range p.opts.Addrs {
+		if pfx.Masked().Contains(pod) {
+			return pfx.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
 // inPodNetwork reports whether a is in one of the gateway's subnets: such
 // destinations are pods (or the gateway), never egress.
 func (p *Port) inPodNetwork(a netip.Addr) bool {
-	a = a.Unmap()
-	for _, pfx := range p.opts.Addrs {
-		if pfx.Masked().Contains(a) {
-			return true
-		}
-	}
-	return false
+	_, ok := p.gatewayFor(a)
+	return ok
 }
 
 // arpForOthers reports whether frame is an ARP request for an address
 // that is not the gateway's.
 func (p *Port) arpForOthers(frame []byte) bool {
 	e := vswitch.Ether(frame)
-	if e.Type() != vswitch.EtherTypeARP || len(e.Payload()) < 28 {
+	if e.Type() != vswitch.EtherTypeARP || len(e.Payload()) < header.ARPSize {
 		return false
 	}
 	a := vswitch.ARP(e.Payload())
-	if a.Op() != 1 {
+	if a.Op() != uint16(header.ARPRequest) {
 		return false
 	}
 	tpa := a.TPA()
@@ -325,7 +329,8 @@ const maxSuperFrame = header.EthernetMinimumSize + 0xffff
 // short or too long, or flooded for another MAC, are dropped and counted,
 // not errors. It never waits on the stack's output: replies the stack
 // sends meanwhile go to the bounded queue. After Close it releases the
-// frames and returns 0 and an error wrapping vswitch.ErrClosed.
+// frames and returns 0 and an error wrapping vswitch.ErrClosed. Calls must
+// not overlap, as vswitch.Port promises: they share p.segs.
 func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -342,7 +347,7 @@ func (p *Port) WriteBatch(frames []*vswitch.Frame) (int, error) {
 	return len(frames), nil
 }
 
-// writeFrame delivers one frame; the caller releases it.
+// writeFrame delivers one frame; the caller, WriteBatch, releases it.
 func (p *Port) writeFrame(f *vswitch.Frame) {
 	gso := f.Offload.GSOType
 	switch {
@@ -358,7 +363,7 @@ func (p *Port) writeFrame(f *vswitch.Frame) {
 		// not know yet. Only the gateway's own addresses are answered.
 		p.dropNotOurs.Add(1)
 	case gso == vswitch.GSOUDPL4:
-		segs, err := vswitch.Segment(nil, f, p.pools)
+		segs, err := vswitch.Segment(p.segs[:0], f, p.pools)
 		if err != nil {
 			p.dropBadFrame.Add(1)
 			return
@@ -369,6 +374,10 @@ func (p *Port) writeFrame(f *vswitch.Frame) {
 			}
 			s.Release()
 		}
+		// Keep the grown array for the next super-frame, without
+		// pointers to the released frames.
+		clear(segs)
+		p.segs = segs[:0]
 	case !p.ep.deliver(f.Bytes()):
 		p.dropNoNIC.Add(1)
 	}
@@ -381,14 +390,15 @@ func (p *Port) ReadBatch(q int, frames []*vswitch.Frame) (int, error) {
 	if len(frames) == 0 {
 		return 0, nil
 	}
+	done := p.ctx.Done()
 	select {
-	case <-p.done:
+	case <-done:
 		return 0, vswitch.ErrClosed
 	default:
 	}
 	select {
 	case frames[0] = <-p.ep.out:
-	case <-p.done:
+	case <-done:
 		return 0, vswitch.ErrClosed
 	}
 	n := 1
@@ -412,7 +422,6 @@ func (p *Port) Close() error {
 		p.closed = true
 		p.mu.Unlock()
 		p.ep.closed.Store(true)
-		close(p.done)
 		p.cancel()
 		p.destroyStack()
 		p.flows.Wait()

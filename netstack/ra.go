@@ -97,10 +97,8 @@ const (
 	raPrefixPreferredLifetime = 7 * 24 * 3600
 )
 
-// ICMPv6 types and NDP option types (RFC 4861 sections 4.1, 4.2 and 4.6).
+// NDP option types (RFC 4861 section 4.6).
 const (
-	icmpv6RouterSolicit     = 133
-	icmpv6RouterAdvert      = 134
 	ndpOptSourceLinkAddress = 1
 	ndpOptPrefixInfo        = 3
 	ndpOptMTU               = 5
@@ -173,11 +171,7 @@ func newAdvertiser(p *Port, prefixes []netip.Prefix) (*advertiser, error) {
 	if err != nil {
 		return nil, tcpipError("router advertisements: open icmpv6 endpoint", err)
 	}
-	var filter tcpip.ICMPv6Filter
-	for i := range filter.DenyType {
-		filter.DenyType[i] = ^uint32(0)
-	}
-	filter.DenyType[icmpv6RouterSolicit/32] &^= 1 << (icmpv6RouterSolicit % 32)
+	filter := icmpv6Filter(header.ICMPv6RouterSolicit)
 	if err := ep.SetSockOpt(&filter); err != nil {
 		ep.Close()
 		return nil, tcpipError("router advertisements: set icmpv6 filter", err)
@@ -195,6 +189,19 @@ func newAdvertiser(p *Port, prefixes []netip.Prefix) (*advertiser, error) {
 		msg:     routerAdvert(p.opts.MAC, p.opts.MTU, prefixes),
 		unicast: make(map[tcpip.Address]time.Time),
 	}, nil
+}
+
+// icmpv6Filter returns an ICMPv6 filter for a raw endpoint that passes
+// the types in pass and denies all others (RFC 3542 section 3.2).
+func icmpv6Filter(pass ...header.ICMPv6Type) tcpip.ICMPv6Filter {
+	var f tcpip.ICMPv6Filter
+	for i := range f.DenyType {
+		f.DenyType[i] = ^uint32(0)
+	}
+	for _, t := range pass {
+		f.DenyType[t/32] &^= 1 << (t % 32)
+	}
+	return f
 }
 
 // linkLocal returns the NIC's IPv6 link-local unicast address.
@@ -223,7 +230,7 @@ func (p *Port) linkLocal() (tcpip.Address, bool) {
 //     daemon, which hands each out once and configures it on the pod.
 func routerAdvert(mac vswitch.MAC, mtu int, prefixes []netip.Prefix) []byte {
 	b := make([]byte, 16, 16+8+8+32*len(prefixes))
-	b[0] = icmpv6RouterAdvert
+	b[0] = byte(header.ICMPv6RouterAdvert)
 	b[4] = raCurHopLimit
 	binary.BigEndian.PutUint16(b[6:], raRouterLifetime)
 
@@ -359,7 +366,7 @@ func (a *advertiser) readSolicitations(now time.Time) {
 // never get here: the stack hands raw endpoints the packets whose IPv6
 // header names ICMPv6 as the next header, not those with extension headers.
 func validSolicitation(msg []byte, hopLimit uint8, unspecifiedSource bool) bool {
-	if hopLimit != header.NDPHopLimit || len(msg) < 8 || msg[0] != icmpv6RouterSolicit || msg[1] != 0 {
+	if hopLimit != header.NDPHopLimit || len(msg) < 8 || msg[0] != byte(header.ICMPv6RouterSolicit) || msg[1] != 0 {
 		return false
 	}
 	for opts := msg[8:]; len(opts) > 0; {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
 	vswitch "tapswitch/switch"
 	"tapswitch/switch/porttest"
 )
@@ -33,7 +35,7 @@ func isICMP6(e vswitch.Ether, typ byte) bool {
 	return e.Type() == vswitch.EtherTypeIP6 && len(p) >= 48 && p[6] == 58 && p[40] == typ
 }
 
-func isRA(e vswitch.Ether) bool { return isICMP6(e, icmpv6RouterAdvert) }
+func isRA(e vswitch.Ether) bool { return isICMP6(e, byte(header.ICMPv6RouterAdvert)) }
 
 // ip6Dst is the destination address of IPv6 packet ip.
 func ip6Dst(ip []byte) netip.Addr { return netip.AddrFrom16([16]byte(ip[24:40])) }
@@ -42,7 +44,7 @@ func ip6Dst(ip []byte) netip.Addr { return netip.AddrFrom16([16]byte(ip[24:40]))
 // a source link-layer address option when slla is not zero.
 func routerSolicit(slla vswitch.MAC) []byte {
 	rs := make([]byte, 8)
-	rs[0] = icmpv6RouterSolicit
+	rs[0] = byte(header.ICMPv6RouterSolicit)
 	if !slla.Zero() {
 		rs = append(rs, 1, 1)
 		rs = append(rs, slla[:]...)
@@ -85,7 +87,7 @@ func checkRA(t *testing.T, e vswitch.Ether, dst netip.Addr) {
 		t.Fatalf("advertisement payload length %d beyond the frame (%d bytes of IPv6)", plen, len(ip))
 	}
 	ra := ip[40 : 40+plen]
-	if c := checksum(ra, pseudoSum6(ip)); c != 0 {
+	if c := ^vswitch.Checksum(ra, pseudoSum6(ip)); c != 0 {
 		t.Errorf("advertisement checksum does not verify (%#04x)", c)
 	}
 	if len(ra) < 16 {
@@ -138,7 +140,7 @@ func checkRA(t *testing.T, e vswitch.Ether, dst netip.Addr) {
 // TestRouterAdvertisement checks the unsolicited advertisement the
 // gateway sends when it starts.
 func TestRouterAdvertisement(t *testing.T) {
-	n := newTestNet(t)
+	n := newTestNet(t, Options{})
 	e := n.await(t, "router advertisement", isRA)
 	if e.Dst() != allNodesMAC || e.Src() != gwMAC {
 		t.Errorf("advertisement ether %s -> %s, want %s -> %s", e.Src(), e.Dst(), gwMAC, allNodesMAC)
@@ -151,7 +153,7 @@ func TestRouterAdvertisement(t *testing.T) {
 // unsolicited one, and that a solicitation with a hop limit other than 255
 // is ignored (RFC 4861 section 6.1.1).
 func TestRouterSolicitation(t *testing.T) {
-	n := newTestNet(t)
+	n := newTestNet(t, Options{})
 	n.await(t, "unsolicited advertisement", isRA)
 	gwLL, podLL := eui64LinkLocal(gwMAC), eui64LinkLocal(podMAC)
 	forged := netip.MustParseAddr("fe80::bad")
@@ -202,7 +204,7 @@ func TestRouterSolicitation(t *testing.T) {
 // (RFC 4861 section 6.2.6), and long before the next unsolicited one.
 func TestRouterSolicitationUnspecified(t *testing.T) {
 	start := time.Now()
-	n := newTestNet(t)
+	n := newTestNet(t, Options{})
 	n.await(t, "unsolicited advertisement", isRA)
 	n.pod.Inject(porttest.Ether(allRoutersMAC, podMAC, vswitch.EtherTypeIP6, ipv6Packet(netip.IPv6Unspecified(), allRouters, 255, routerSolicit(vswitch.MAC{}))))
 
@@ -234,20 +236,15 @@ func TestRouterSolicitationUnspecified(t *testing.T) {
 // TestNoRouterAdvertisementWithoutIPv6 checks that a gateway with only an
 // IPv4 address neither advertises nor answers solicitations.
 func TestNoRouterAdvertisementWithoutIPv6(t *testing.T) {
-	n := newGWNet(t, Options{Addrs: []netip.Prefix{netGW4}})
-	pod := porttest.New("pod")
-	if _, err := n.sw.AddPort(pod); err != nil {
-		t.Fatalf("AddPort(pod): %v", err)
-	}
+	n := newTestNet(t, Options{Addrs: []netip.Prefix{netGW4}})
 	podLL := eui64LinkLocal(podMAC)
-	pod.Inject(porttest.Ether(allRoutersMAC, podMAC, vswitch.EtherTypeIP6, ipv6Packet(podLL, allRouters, 255, routerSolicit(podMAC))))
+	n.pod.Inject(porttest.Ether(allRoutersMAC, podMAC, vswitch.EtherTypeIP6, ipv6Packet(podLL, allRouters, 255, routerSolicit(podMAC))))
 	// The ARP reply shows the gateway is on the switch and has taken the
 	// solicitation before it; then give a solicited answer its full delay.
-	pod.Inject(porttest.ARPRequest(podMAC, pod4, gw4))
-	tn := &testNet{gw: n.gw, pod: pod}
-	tn.await(t, "ARP reply", func(e vswitch.Ether) bool { return e.Type() == vswitch.EtherTypeARP })
+	n.pod.Inject(porttest.ARPRequest(podMAC, pod4, netGW4.Addr()))
+	n.await(t, "ARP reply", func(e vswitch.Ether) bool { return e.Type() == vswitch.EtherTypeARP })
 	time.Sleep(raMaxDelay + 500*time.Millisecond)
-	for _, b := range pod.Written() {
+	for _, b := range n.pod.Written() {
 		if e := vswitch.Ether(b); e.Type() == vswitch.EtherTypeIP6 {
 			t.Errorf("IPv4-only gateway sent an IPv6 frame: % x", b)
 		}
