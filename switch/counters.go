@@ -46,6 +46,7 @@ type counters struct {
 	learnRefused      atomic.Uint64
 	arpReplies        atomic.Uint64
 	segmented         atomic.Uint64
+	routed            atomic.Uint64 // frames the router sent out of this port
 	drops             [numDropReasons]atomic.Uint64
 }
 
@@ -61,6 +62,7 @@ type PortStats struct {
 	LearnRefused uint64            `json:"learn_refused"`
 	ARPReplies   uint64            `json:"arp_replies"`
 	Segmented    uint64            `json:"segmented"`
+	Routed       uint64            `json:"routed"`
 	Drops        map[string]uint64 `json:"drops"`
 	FDBEntries   int               `json:"fdb_entries"`
 }
@@ -84,6 +86,7 @@ func (c *counters) snapshot() PortStats {
 		LearnRefused: c.learnRefused.Load(),
 		ARPReplies:   c.arpReplies.Load(),
 		Segmented:    c.segmented.Load(),
+		Routed:       c.routed.Load(),
 		Drops:        make(map[string]uint64),
 	}
 	for r := range numDropReasons {

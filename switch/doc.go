@@ -12,6 +12,15 @@
 // known unicast address, every other port for broadcast, multicast and
 // unknown unicast. A frame never goes back out of the port it came in on.
 //
+// Routing. With SetRouter the switch is also the pods' router: IP frames
+// sent to the gateway's MAC for an address outside the gateway's own are
+// routed by the reader that read them — next hop from the address
+// bindings or the longest matching Route, MACs rewritten, TTL or hop
+// limit decremented, GSO super-frames kept whole — and what a router
+// cannot forward is answered with the ICMP or ICMPv6 error a router sends
+// (router.go, icmp.go, fragment.go). Flows the node's kernel forwarded
+// between two local pods return through it (hostflows.go).
+//
 // Invariants. Nothing blocks a reader: a full egress queue drops the frame
 // and counts it on that port. No lock is held across I/O. The FDB, the port
 // table and the ARP bindings are read without a write lock; they are

@@ -173,6 +173,15 @@ func (s *Switch) forward(t *portTable, in *portState, f *Frame, now int64, h *ha
 		}
 	}
 	dst := e.Dst()
+	r := s.rt.cur.Load()
+	if r != nil {
+		if in.id == r.cfg.HostPort {
+			s.noteHostFlow(f, r, now)
+		}
+		if dst == r.cfg.MAC && s.route(t, in, f, r, now, h) {
+			return
+		}
+	}
 	if !dst.Multicast() {
 		if id, ok := s.fdb.Lookup(dst, now); ok {
 			if id == in.id {
@@ -180,6 +189,9 @@ func (s *Switch) forward(t *portTable, in *portState, f *Frame, now int64, h *ha
 				return
 			}
 			if out, ok := t.byID[id]; ok {
+				if r != nil && s.viaHost(t, in, out, f, r, now, h) {
+					return
+				}
 				s.send(out, f, h)
 				return
 			}

@@ -78,6 +78,10 @@ func (b IPv4) HeaderChecksum() uint16 {
 	return ^uint16(sum)
 }
 
+// ChecksumValid reports whether the header checksum is right: the ones'
+// complement sum of the whole header is all ones (RFC 791, RFC 1071).
+func (b IPv4) ChecksumValid() bool { return Checksum(b[:b.HeaderLen()], 0) == 0xffff }
+
 // IPv6 is a view of an IPv6 packet. Accessors expect Valid to hold. It never
 // copies.
 type IPv6 []byte

@@ -71,6 +71,7 @@ type Switch struct {
 	fdb   *FDB
 	pools *Pools
 	binds bindings
+	rt    routerState // see router.go
 
 	mu     sync.Mutex // guards nextID, closed and the publishing of ports
 	nextID PortID
@@ -356,6 +357,9 @@ func (s *Switch) ageLoop() {
 		lastSweep = now
 		if n := s.fdb.Expire(now); n > 0 {
 			s.log.Debug("fdb entries expired", "count", n)
+		}
+		if n := s.rt.flows.expire(now); n > 0 {
+			s.log.Debug("host flows expired", "count", n)
 		}
 	}
 }
