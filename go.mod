@@ -9,6 +9,7 @@ require (
 	go.etcd.io/bbolt v1.5.0
 	golang.org/x/sys v0.50.0
 	gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237
+	sigs.k8s.io/knftables v0.0.22
 )
 
 require (
@@ -23,7 +24,6 @@ require (
 	golang.org/x/net v0.59.0 // indirect
 	golang.org/x/sync v0.22.0 // indirect
 	golang.org/x/time v0.15.0 // indirect
-	sigs.k8s.io/knftables v0.0.22 // indirect
 )
 
 require (

@@ -84,9 +84,16 @@ func (d *Daemon) readyPods() int {
 // Stats returns the switch's counters.
 func (d *Daemon) Stats() api.Stats {
 	ports := d.sw.Stats()
-	st := api.Stats{Pods: d.readyPods(), Ports: ports}
+	st := api.Stats{Pods: d.readyPods(), Ports: ports, Egress: string(d.opts.Egress)}
 	for _, p := range ports {
 		st.FDBEntries += p.FDBEntries
+	}
+	if d.opts.Egress == EgressRoute {
+		r := d.sw.RouterStats()
+		st.Router = &api.RouterStats{
+			ICMPSent: r.ICMPSent, ICMPRateLimited: r.ICMPRateLimited, NoRoute: r.NoRoute,
+			Fragments: r.Fragments, HostFlows: r.HostFlows, HostFlowsRefused: r.HostFlowsRefused,
+		}
 	}
 	return st
 }

@@ -17,6 +17,7 @@ import (
 	"tapswitch/daemon/api"
 	"tapswitch/ipam"
 	"tapswitch/netstack"
+	"tapswitch/nodenet"
 	vswitch "tapswitch/switch"
 )
 
@@ -55,6 +56,18 @@ type Options struct {
 	// queries to. Empty: the gateway answers no DNS, and pods are given
 	// no nameserver.
 	DNS []netip.AddrPort
+	// Egress is how pods' traffic leaves the pod network (default
+	// EgressRoute; see route.go).
+	Egress EgressMode
+	// ClusterCIDRs are where pods' traffic is not masqueraded in route
+	// mode (default: the pod CIDRs). They must contain the pod CIDRs.
+	ClusterCIDRs []netip.Prefix
+	// KeepRules leaves the node's nftables table in place on Close.
+	KeepRules bool
+	// RulesTable names that table (default "tapswitch"), RulesCheck how
+	// often it is checked for changes (default 10s).
+	RulesTable string
+	RulesCheck time.Duration
 	// DialTimeout and UDPIdleTimeout tune egress (see netstack.Options).
 	DialTimeout    time.Duration
 	UDPIdleTimeout time.Duration
@@ -75,6 +88,16 @@ type Daemon struct {
 	sw    *vswitch.Switch
 	gw    *netstack.Port // the pods' gateway, a port of sw
 	state *stateFile
+
+	gwPortID, hostPortID vswitch.PortID // 0: none
+
+	// Route mode (route.go): the node's nftables table, and rulesLoop's
+	// stop and done channels. rulesStale, guarded by mu, says the last
+	// sync failed.
+	rules      *nodenet.Rules
+	rulesStop  chan struct{}
+	rulesDone  chan struct{}
+	rulesStale bool
 
 	mu       sync.Mutex // guards pods, forwards
 	pods     map[string]*podEntry
@@ -127,6 +150,12 @@ func New(opts Options) (*Daemon, error) {
 	if opts.Queues < 1 || opts.Queues > 16 {
 		return nil, fmt.Errorf("queues %d: want 1 to 16", opts.Queues)
 	}
+	if opts.Egress == "" {
+		opts.Egress = EgressRoute
+	}
+	if _, err := ParseEgressMode(string(opts.Egress)); err != nil {
+		return nil, fmt.Errorf("egress: %w", err)
+	}
 	d := &Daemon{opts: opts, log: opts.Logger, pods: make(map[string]*podEntry), forwards: make(map[forwardKey]*forwarder)}
 	var err error
 	if !opts.PodCIDR.Addr().Is4() {
@@ -134,6 +163,14 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.PodCIDR6.IsValid() && (!opts.PodCIDR6.Addr().Is6() || opts.PodCIDR6.Addr().Is4In6()) {
 		return nil, fmt.Errorf("pod cidr6 %s: want an IPv6 cidr", opts.PodCIDR6)
+	}
+	if len(opts.ClusterCIDRs) > 0 {
+		if err := CheckClusterCIDRs(d.cidrs(), opts.ClusterCIDRs); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Egress == EgressRoute && opts.HostPort == "" {
+		return nil, errors.New("route mode needs the host port (no host port goes with proxy mode)")
 	}
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
@@ -161,6 +198,15 @@ func New(opts Options) (*Daemon, error) {
 	if err := d.restore(); err != nil {
 		d.closeStores()
 		return nil, err
+	}
+	if opts.Egress == EgressRoute {
+		if err := d.startRouting(); err != nil {
+			if serr := d.stopRouting(); serr != nil {
+				d.log.Error("undo route mode", "err", serr)
+			}
+			d.closeStores()
+			return nil, err
+		}
 	}
 	return d, nil
 }
@@ -220,7 +266,7 @@ func serveLoop(srv *http.Server, ln net.Listener, errc chan<- error) {
 // devices or forget pods: they are re-attached on the next start.
 func (d *Daemon) Close() error {
 	d.closeForwards()
-	err := d.sw.Close()
+	err := errors.Join(d.stopRouting(), d.sw.Close())
 	if d.ln != nil {
 		os.Remove(d.opts.Socket)
 	}

@@ -52,7 +52,10 @@ type podDialer interface {
 // socket; every connection and flow closes its sockets when ctx ends, so
 // nothing stays blocked.
 type forwarder struct {
-	fw          api.Forward // Error is guarded by Daemon.mu; the rest is fixed
+	fw api.Forward // Error is guarded by Daemon.mu; the rest is fixed
+	// nat says the forward is a DNAT in the node's table (route mode):
+	// start and close then do nothing, the daemon syncs the table.
+	nat         bool
 	dial        podDialer
 	log         *slog.Logger
 	dialTimeout time.Duration
@@ -96,6 +99,7 @@ type udpFlow struct {
 func (d *Daemon) newForwarder(fw api.Forward) *forwarder {
 	f := &forwarder{
 		fw:          fw,
+		nat:         d.opts.Egress == EgressRoute,
 		dial:        d.gw,
 		log:         d.log.With("forward", keyOf(fw).String(), "pod", fw.Pod),
 		dialTimeout: d.opts.DialTimeout,
@@ -118,8 +122,12 @@ func (d *Daemon) newForwarder(fw api.Forward) *forwarder {
 // starts serving. The network names the family ("tcp4", "udp6"), so
 // [::]:80 is IPv6 only (IPV6_V6ONLY) and may coexist with 0.0.0.0:80 with
 // another pod behind it. A port in use is ErrConflict, an address the host
-// does not have ErrInvalid. On failure nothing is open.
+// does not have ErrInvalid. On failure nothing is open. A DNAT forward
+// (nat) opens nothing.
 func (f *forwarder) start() error {
+	if f.nat {
+		return nil
+	}
 	network := f.fw.Proto + "4"
 	if f.fw.Listen.Addr().Is6() {
 		network = f.fw.Proto + "6"

@@ -9,9 +9,11 @@ import (
 	"time"
 )
 
-// Port forwards (hostPort): the daemon listens on a host address in its
-// own namespace and connects each client to a pod's port through the
-// gateway netstack (forwarder.go). The registry below is guarded by d.mu
+// Port forwards (hostPort). In route mode each is a DNAT in the node's
+// nftables table (route.go), so the pod sees the client's own address. In
+// proxy mode the daemon listens on a host address in its own namespace
+// and connects each client to a pod's port through the gateway netstack
+// (forwarder.go). The registry below is guarded by d.mu
 // together with the pods, so a forward never outlives its pod: a forward is
 // added only to a ready pod, and DeletePod and forgetLocked drop a pod's
 // forwards in the same critical section that forgets the pod.
@@ -130,9 +132,19 @@ func (d *Daemon) AddForward(req api.ForwardRequest) (api.Forward, error) {
 		return api.Forward{}, err
 	}
 	d.forwards[key] = f
+	// Route mode: the forward is a DNAT in the node's table. A sync that
+	// fails leaves the table as it was (nft applies it whole or not).
+	if err := d.syncRulesLocked(); err != nil {
+		delete(d.forwards, key)
+		f.close()
+		return api.Forward{}, err
+	}
 	if err := d.saveLocked(); err != nil {
 		delete(d.forwards, key)
 		f.close()
+		if serr := d.syncRulesLocked(); serr != nil {
+			f.log.Error("remove the forward's rules after a failed save", "err", serr)
+		}
 		return api.Forward{}, err
 	}
 	f.log.Info("forward added", "target", fw.Target)
@@ -157,6 +169,10 @@ func (d *Daemon) DeleteForward(proto, listen string) error {
 		d.forwards[key] = f
 		d.mu.Unlock()
 		return err
+	}
+	if err := d.syncRulesLocked(); err != nil {
+		// Forgotten on disk already; rulesLoop tries again.
+		f.log.Error("remove the forward's rules; will retry", "err", err)
 	}
 	d.mu.Unlock()
 	// Outside the lock: close waits for the forward's connections to end.
@@ -188,6 +204,7 @@ func compareForwards(a, b api.Forward) int {
 // forgotten; the caller saves. Closing happens under d.mu: it closes every
 // socket the forwarder's goroutines block on, so the wait is short.
 func (d *Daemon) dropForwardsLocked(podID string) {
+	dropped := false
 	for key, f := range d.forwards {
 		if f.fw.Pod != podID {
 			continue
@@ -195,6 +212,12 @@ func (d *Daemon) dropForwardsLocked(podID string) {
 		delete(d.forwards, key)
 		f.close()
 		f.log.Info("forward removed with its pod")
+		dropped = true
+	}
+	if dropped {
+		if err := d.syncRulesLocked(); err != nil {
+			d.log.Error("remove the rules of a pod's forwards; will retry", "pod", podID, "err", err)
+		}
 	}
 }
 

@@ -43,6 +43,11 @@ func newForwardDaemon(t *testing.T, stateDir string, udpIdle time.Duration) *Dae
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	d, err := New(Options{
+		// In-process daemons share the test's namespace, the
+		// machine's: route mode would change its forwarding and
+		// nftables. The end-to-end tests run route mode in
+		// namespaces of their own.
+		Egress:         EgressProxy,
 		Logger:         log,
 		PodCIDR:        netip.MustParsePrefix("10.252.9.0/29"),
 		PodCIDR6:       netip.MustParsePrefix("fd00:252:9::/64"),

@@ -28,6 +28,7 @@ func (d *Daemon) startGateway() error {
 		DialTimeout:    d.opts.DialTimeout,
 		UDPIdleTimeout: d.opts.UDPIdleTimeout,
 		DNS:            d.opts.DNS,
+		Routed:         d.opts.Egress == EgressRoute,
 		// The host port's addresses are never egress sources, even with
 		// no host port: the node's own traffic must not loop through.
 		HostAddrs: d.hostAddrs(),
@@ -41,7 +42,7 @@ func (d *Daemon) startGateway() error {
 		gw.Close()
 		return fmt.Errorf("gateway: %w", err)
 	}
-	d.gw = gw
+	d.gw, d.gwPortID = gw, id
 	for _, a := range addrs {
 		if err := d.sw.Bind(vswitch.Binding{IP: a.Addr(), MAC: gatewayMAC(), Port: id}); err != nil {
 			return fmt.Errorf("gateway: %w", err)

@@ -61,6 +61,7 @@ func (d *Daemon) ensureHostPort() error {
 		port.Close()
 		return fmt.Errorf("host port: %w", err)
 	}
+	d.hostPortID = id
 	for _, a := range addrs {
 		if err := d.sw.Bind(vswitch.Binding{IP: a.Addr(), MAC: hostPortMAC(), Port: id}); err != nil {
 			return fmt.Errorf("host port: %w", err)

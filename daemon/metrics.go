@@ -20,6 +20,9 @@ type switchCollector struct {
 	drops, arpReplies, learnRefused *prometheus.Desc
 	readErrors, segmented           *prometheus.Desc
 	leased, addresses               *prometheus.Desc
+	// route mode
+	routed, icmpSent, icmpLimited *prometheus.Desc
+	noRoute, hostFlows            *prometheus.Desc
 }
 
 func newSwitchCollector(d *Daemon) *switchCollector {
@@ -42,11 +45,16 @@ func newSwitchCollector(d *Daemon) *switchCollector {
 		segmented:    desc("port_segmented_total", "GSO super-frames segmented in software for the port.", port),
 		leased:       desc("ipam_addresses_leased", "Pod addresses leased, by family.", []string{"family"}),
 		addresses:    desc("ipam_addresses", "Pod addresses in the CIDR, by family (the gateway, host port and reserved ones not counted).", []string{"family"}),
+		routed:       desc("routed_frames_total", "Frames the switch's router sent to the next hop, by the next hop's port (route mode).", []string{"next_hop"}),
+		icmpSent:     desc("icmp_errors_sent_total", "ICMP and ICMPv6 errors the router sent, by type (route mode).", []string{"type"}),
+		icmpLimited:  desc("icmp_errors_rate_limited_total", "ICMP errors the router did not send for its rate limit (route mode).", nil),
+		noRoute:      desc("routed_no_route_total", "Packets the router found no route or local pod for (route mode).", nil),
+		hostFlows:    desc("host_flows", "Flows the node forwarded between two local pods, whose replies return through it (route mode).", nil),
 	}
 }
 
 func (c *switchCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pods, c.fdb, c.rxFrames, c.rxBytes, c.txFrames, c.txBytes, c.drops, c.arpReplies, c.learnRefused, c.readErrors, c.segmented, c.leased, c.addresses} {
+	for _, d := range []*prometheus.Desc{c.pods, c.fdb, c.rxFrames, c.rxBytes, c.txFrames, c.txBytes, c.drops, c.arpReplies, c.learnRefused, c.readErrors, c.segmented, c.leased, c.addresses, c.routed, c.icmpSent, c.icmpLimited, c.noRoute, c.hostFlows} {
 		ch <- d
 	}
 }
@@ -78,6 +86,17 @@ func (c *switchCollector) Collect(ch chan<- prometheus.Metric) {
 		for reason, v := range p.Drops {
 			counter(c.drops, v, p.Name, reason)
 		}
+		if st.Router != nil {
+			counter(c.routed, p.Routed, p.Name)
+		}
+	}
+	if r := st.Router; r != nil {
+		for typ, v := range r.ICMPSent {
+			counter(c.icmpSent, v, typ)
+		}
+		counter(c.icmpLimited, r.ICMPRateLimited)
+		counter(c.noRoute, r.NoRoute)
+		ch <- prometheus.MustNewConstMetric(c.hostFlows, prometheus.GaugeValue, float64(r.HostFlows))
 	}
 }
 

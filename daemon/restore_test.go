@@ -22,6 +22,11 @@ var testCIDR = netip.MustParsePrefix("10.252.9.0/28")
 func newTestDaemon(t *testing.T, stateDir string) *Daemon {
 	t.Helper()
 	d, err := New(Options{
+		// In-process daemons share the test's namespace, the
+		// machine's: route mode would change its forwarding and
+		// nftables. The end-to-end tests run route mode in
+		// namespaces of their own.
+		Egress:   EgressProxy,
 		PodCIDR:  testCIDR,
 		StateDir: stateDir,
 		Socket:   filepath.Join(t.TempDir(), "sock"),

@@ -173,9 +173,13 @@ func (p *Port) startEgress() {
 	p.flows.Go(e.closeLoop)
 }
 
-// EgressStats returns a snapshot of the egress counters.
+// EgressStats returns a snapshot of the egress counters, all zero when
+// the gateway runs no egress (Options.Routed).
 func (p *Port) EgressStats() EgressStats {
 	e := p.egress
+	if e == nil {
+		return EgressStats{}
+	}
 	return EgressStats{
 		TCPActive:      uint64(e.tcpActive.Load()),
 		TCPTotal:       e.tcpTotal.Load(),

@@ -72,6 +72,13 @@ type Options struct {
 	// DNS are the upstream resolvers the gateway forwards DNS queries on
 	// port 53 to. Empty: the gateway does not answer DNS.
 	DNS []netip.AddrPort
+	// Routed says the switch routes the pods' traffic to addresses outside
+	// the pod network past the gateway (the daemon's route mode): the
+	// stack then takes only what is addressed to it (ARP, ND, ping, DNS,
+	// dials into pods) and runs no egress forwarders. Unset, the gateway
+	// terminates that traffic and re-originates it from host sockets
+	// (proxy mode, egress.go).
+	Routed bool
 	// HostAddrs are the host port's addresses: never an egress source.
 	// Egress re-originates only pods' traffic, from addresses in the pod
 	// network other than these, so the node's own traffic routed through
@@ -165,7 +172,9 @@ func New(opts Options) (*Port, error) {
 		p.destroyStack()
 		return nil, err
 	}
-	p.startEgress()
+	if !opts.Routed {
+		p.startEgress()
+	}
 	if err := p.startDNS(); err != nil {
 		p.Close()
 		return nil, err
@@ -223,18 +232,21 @@ func (o *Options) setDefaults() error {
 }
 
 // configure creates the NIC, adds the addresses, the subnet routes and a
-// default route for each address family. The NIC is promiscuous (it takes
-// packets for any destination address, which the egress forwarders
-// terminate) and spoofing (it answers from those addresses).
+// default route for each address family. Without Options.Routed the NIC
+// is promiscuous (it takes packets for any destination address, which the
+// egress forwarders terminate) and spoofing (it answers from those
+// addresses).
 func (p *Port) configure(opts Options) error {
 	if err := p.stack.CreateNICWithOptions(nicID, ethernet.New(p.ep), stack.NICOptions{Name: "switch"}); err != nil {
 		return tcpipError("create nic", err)
 	}
-	if err := p.stack.SetPromiscuousMode(nicID, true); err != nil {
-		return tcpipError("set promiscuous mode", err)
-	}
-	if err := p.stack.SetSpoofing(nicID, true); err != nil {
-		return tcpipError("set spoofing", err)
+	if !opts.Routed {
+		if err := p.stack.SetPromiscuousMode(nicID, true); err != nil {
+			return tcpipError("set promiscuous mode", err)
+		}
+		if err := p.stack.SetSpoofing(nicID, true); err != nil {
+			return tcpipError("set spoofing", err)
+		}
 	}
 	var routes []tcpip.Route
 	for _, a := range opts.Addrs {

@@ -150,14 +150,18 @@ func statsCmd(fs *flag.FlagSet) runFunc {
 			return out.printJSON(st)
 		}
 		tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "PORT\tRX_FRAMES\tRX_BYTES\tTX_FRAMES\tTX_BYTES\tARP_REPLIES\tFDB\tDROPS\t")
+		fmt.Fprintln(tw, "PORT\tRX_FRAMES\tRX_BYTES\tTX_FRAMES\tTX_BYTES\tROUTED\tARP_REPLIES\tFDB\tDROPS\t")
 		for _, p := range st.Ports {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", p.Name, p.RxFrames, p.RxBytes, p.TxFrames, p.TxBytes, p.ARPReplies, p.FDBEntries, drops(p.Drops))
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", p.Name, p.RxFrames, p.RxBytes, p.TxFrames, p.TxBytes, p.Routed, p.ARPReplies, p.FDBEntries, drops(p.Drops))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		fmt.Fprintf(out.w, "%d pods, %d fdb entries\n", st.Pods, st.FDBEntries)
+		fmt.Fprintf(out.w, "%d pods, %d fdb entries, egress %s\n", st.Pods, st.FDBEntries, st.Egress)
+		if r := st.Router; r != nil {
+			fmt.Fprintf(out.w, "router: icmp errors sent %s (rate-limited %d), no route %d, fragments %d, flows returning through the node %d (refused %d)\n",
+				drops(r.ICMPSent), r.ICMPRateLimited, r.NoRoute, r.Fragments, r.HostFlows, r.HostFlowsRefused)
+		}
 		return nil
 	}
 }

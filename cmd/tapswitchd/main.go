@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,8 +47,11 @@ func run(args []string) error {
 		hostPort  = fs.String("host-port", daemon.DefaultHostPort, "`name` of the host port, the TAP in this namespace through which the node reaches pods (none: no host port)")
 		dns       = fs.String("dns", "", "upstream DNS `servers` for the gateway's forwarder, comma-separated addr[:port] (default: the nameservers of --resolv-conf; none: no DNS)")
 		resolv    = fs.String("resolv-conf", daemon.DefaultResolvConf, "`file` to read upstream DNS servers from when --dns is not given")
-		dialTO    = fs.Duration("dial-timeout", 30*time.Second, "how long an egress TCP connect from the node may take")
-		udpIdle   = fs.Duration("udp-idle-timeout", 30*time.Second, "how long an egress UDP flow lives without a datagram")
+		egress    = fs.String("egress", string(daemon.EgressRoute), "how pods' traffic leaves the pod network: `route` (routed to this node's kernel with the pods' own addresses; forwarding on, an nftables table of the daemon's) or proxy (the gateway ends it and re-originates it from the daemon's sockets)")
+		cluster   = fs.String("cluster-cidr", "", "`cidrs` of the whole cluster's pod network, comma-separated; route mode masquerades pods' traffic to outside them (default: the pod CIDRs)")
+		keepRules = fs.Bool("keep-rules", false, "route mode: leave the nftables table in place when the daemon stops")
+		dialTO    = fs.Duration("dial-timeout", 30*time.Second, "proxy mode: how long an egress TCP connect from the node may take")
+		udpIdle   = fs.Duration("udp-idle-timeout", 30*time.Second, "proxy mode: how long an egress UDP flow lives without a datagram")
 		aging     = fs.Duration("fdb-aging", 300*time.Second, "how long a learned MAC lives without traffic")
 		fdbSize   = fs.Int("fdb-size", 65536, "most MACs the switch learns")
 		fdbPort   = fs.Int("fdb-port-limit", 1024, "most MACs learned on one port")
@@ -73,6 +77,7 @@ func run(args []string) error {
 		MTU:            *mtu,
 		MetricsAddr:    *metrics,
 		NoOffloads:     *noOffload,
+		KeepRules:      *keepRules,
 		Queues:         *queues,
 		DialTimeout:    *dialTO,
 		UDPIdleTimeout: *udpIdle,
@@ -85,6 +90,21 @@ func run(args []string) error {
 	if *podCIDR6 != "" {
 		if opts.PodCIDR6, err = netip.ParsePrefix(*podCIDR6); err != nil {
 			return fmt.Errorf("--pod-cidr6: %w", err)
+		}
+	}
+	if opts.Egress, err = daemon.ParseEgressMode(*egress); err != nil {
+		return fmt.Errorf("--egress: %w", err)
+	}
+	if *cluster != "" {
+		if opts.ClusterCIDRs, err = parseCIDRs(*cluster); err != nil {
+			return fmt.Errorf("--cluster-cidr: %w", err)
+		}
+		pods := []netip.Prefix{opts.PodCIDR}
+		if opts.PodCIDR6.IsValid() {
+			pods = append(pods, opts.PodCIDR6)
+		}
+		if err := daemon.CheckClusterCIDRs(pods, opts.ClusterCIDRs); err != nil {
+			return fmt.Errorf("--cluster-cidr: %w", err)
 		}
 	}
 	if opts.Reserve, err = ipam.ParseReserve(*reserve); err != nil {
@@ -116,6 +136,19 @@ func run(args []string) error {
 	err = d.Serve(ctx)
 	log.Info("stopped")
 	return err
+}
+
+// parseCIDRs reads a comma-separated list of prefixes.
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(f))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {

@@ -83,6 +83,26 @@ type Stats struct {
 	Pods       int                 `json:"pods"`
 	FDBEntries int                 `json:"fdb_entries"`
 	Ports      []vswitch.PortStats `json:"ports"`
+	// Egress is the daemon's mode, "route" or "proxy"; Router is set in
+	// route mode.
+	Egress string       `json:"egress"`
+	Router *RouterStats `json:"router,omitempty"`
+}
+
+// RouterStats are the switch's router's counters (route mode).
+type RouterStats struct {
+	// ICMPSent counts the ICMP and ICMPv6 errors sent, by kind:
+	// time_exceeded, frag_needed (packet too big for IPv6),
+	// net_unreachable, host_unreachable.
+	ICMPSent        map[string]uint64 `json:"icmp_sent"`
+	ICMPRateLimited uint64            `json:"icmp_rate_limited"`
+	NoRoute         uint64            `json:"no_route"`
+	Fragments       uint64            `json:"fragments"`
+	// HostFlows are the flows the node forwarded between two local pods,
+	// whose replies return through it; HostFlowsRefused the ones not
+	// recorded for the table's bound.
+	HostFlows        int    `json:"host_flows"`
+	HostFlowsRefused uint64 `json:"host_flows_refused"`
 }
 
 // Status is the answer of GET /v1/status: whether the daemon can attach
