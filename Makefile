@@ -38,7 +38,7 @@ FORCE    ?=
 SYSTEMD  ?=
 BIN     := bin
 # Packages with goroutines of their own run under the race detector.
-UNIT    := ./switch/... ./tap/... ./netstack/... ./ipam/... ./daemon/... ./cni/... ./internal/... ./cmd/...
+UNIT    := ./switch/... ./tap/... ./netstack/... ./ipam/... ./nodenet/... ./daemon/... ./cni/... ./internal/... ./cmd/...
 
 .PHONY: all build test demo deps cni-tools install clean fuzz bench bench-short bench-scale help
 
@@ -91,8 +91,11 @@ bench-scale: build
 	$(GO) run ./bench -go $(GO) -scale $(BENCH_FLAGS)
 
 # Debian packages the demo and the benchmarks use, installed when missing
-# (ethtool: the bench records the pods' offload settings; curl: the demo).
-DEB_DEPS := iperf3 iputils-ping ethtool iptables curl
+# (ethtool: the bench records the pods' offload settings; curl: the demo;
+# nftables: the nft command route mode writes the node's rules with;
+# iptables: the bench's kernel NAT, and the tests' kube-proxy emulation and
+# portmap chain).
+DEB_DEPS := iperf3 iputils-ping ethtool iptables nftables curl
 deps:
 	@missing=""; for p in $(DEB_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

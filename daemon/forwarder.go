@@ -97,6 +97,10 @@ type udpFlow struct {
 
 // newForwarder returns a forwarder for fw that is not listening yet.
 func (d *Daemon) newForwarder(fw api.Forward) *forwarder {
+	fw.Via = "proxy"
+	if d.opts.Egress == EgressRoute {
+		fw.Via = "dnat"
+	}
 	f := &forwarder{
 		fw:          fw,
 		nat:         d.opts.Egress == EgressRoute,

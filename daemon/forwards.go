@@ -147,8 +147,8 @@ func (d *Daemon) AddForward(req api.ForwardRequest) (api.Forward, error) {
 		}
 		return api.Forward{}, err
 	}
-	f.log.Info("forward added", "target", fw.Target)
-	return fw, nil
+	f.log.Info("forward added", "target", fw.Target, "via", f.fw.Via)
+	return f.fw, nil
 }
 
 // DeleteForward removes the forward on listen (proto "" is tcp): it is

@@ -66,13 +66,16 @@ func forwardListCmd(fs *flag.FlagSet) runFunc {
 
 func printForwards(out output, fws []api.Forward) error {
 	tw := tabwriter.NewWriter(out.w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROTO\tLISTEN\tPOD\tTARGET\tSTATUS")
+	fmt.Fprintln(tw, "PROTO\tLISTEN\tPOD\tTARGET\tVIA\tSTATUS")
 	for _, f := range fws {
 		status := "listening"
-		if f.Error != "" {
+		switch {
+		case f.Error != "":
 			status = "not listening: " + f.Error
+		case f.Via == "dnat":
+			status = "in the node's nftables table"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Proto, f.Listen, f.Pod, f.Target, status)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Proto, f.Listen, f.Pod, f.Target, f.Via, status)
 	}
 	return tw.Flush()
 }

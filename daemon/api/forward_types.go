@@ -43,4 +43,9 @@ type Forward struct {
 	// daemon could not listen on Listen again. The forward stays listed
 	// until it is deleted; delete and add it to try again.
 	Error string `json:"error,omitempty"`
+	// Via says how the forward is carried out: "dnat", a rule in the
+	// node's nftables table (route mode: the pod sees the client's
+	// address), or "proxy", the daemon listens and connects into the pod
+	// through the gateway (proxy mode: the pod sees the gateway's).
+	Via string `json:"via,omitempty"`
 }
