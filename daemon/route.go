@@ -81,6 +81,9 @@ func (d *Daemon) startRouting() error {
 	}
 	if len(changed) > 0 {
 		d.log.Info("forwarding turned on", "sysctls", strings.Join(changed, ","))
+		if slices.Contains(changed, "net.ipv6.conf.all.forwarding") {
+			d.log.Warn("IPv6 forwarding is on: interfaces with accept_ra=1 no longer take router advertisements; set accept_ra=2 on an uplink that learns its IPv6 routes from them")
+		}
 	} else {
 		d.log.Info("forwarding was on")
 	}
@@ -102,6 +105,7 @@ func (d *Daemon) startRouting() error {
 	if err != nil {
 		return err
 	}
+	d.seedHostFlows()
 	for _, c := range d.cidrs() {
 		def := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		if c.Addr().Is6() {

@@ -193,3 +193,14 @@ func (hf *hostFlows) expire(now int64) int {
 }
 
 func (hf *hostFlows) len() int { return int(hf.n.Load()) }
+
+// AddHostFlow records that frames from src:sport to dst:dport of protocol
+// proto (the reply direction of a flow the node forwarded between two
+// local pods) return through the host port, as if the switch had seen the
+// node forward the flow. A restarted daemon calls it for the flows the
+// node's connection tracking still holds, so their replies do not go
+// straight to the client before the next frame from the node.
+func (s *Switch) AddHostFlow(src, dst netip.Addr, proto uint8, sport, dport uint16) {
+	k := flowKey{src: src.Unmap(), dst: dst.Unmap(), sport: sport, dport: dport, proto: proto}
+	s.rt.flows.record(k.reverse(), false, s.now.Load())
+}

@@ -299,18 +299,18 @@ func (s *Switch) changeRoutes(fn func([]Route) []Route) error {
 // RouterStats counts what the router did since the switch started.
 type RouterStats struct {
 	// ICMPSent counts the errors sent, by kind (ICMPKind.String).
-	ICMPSent map[string]uint64 `json:"icmp_sent"`
+	ICMPSent map[string]uint64
 	// ICMPRateLimited counts errors not sent for the rate limit.
-	ICMPRateLimited uint64 `json:"icmp_rate_limited"`
+	ICMPRateLimited uint64
 	// NoRoute counts packets for which no route or local pod was found.
-	NoRoute uint64 `json:"no_route"`
+	NoRoute uint64
 	// Fragments counts the IPv4 fragments made for next hops whose MTU
 	// was too small.
-	Fragments uint64 `json:"fragments"`
+	Fragments uint64
 	// HostFlows is how many flows return through the node now; the
 	// others count since start (see hostFlows).
-	HostFlows        int    `json:"host_flows"`
-	HostFlowsRefused uint64 `json:"host_flows_refused"`
+	HostFlows        int
+	HostFlowsRefused uint64
 }
 
 // RouterStats returns the router's counters.

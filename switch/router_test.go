@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -591,4 +592,61 @@ func TestRouteBadChecksum(t *testing.T) {
 	if got := ts.data(rtGateway); !equalFrames(got, [][]byte{f}) {
 		t.Errorf("gateway got %s, want the frame as it came", describe(got))
 	}
+}
+
+// TestAddHostFlow: a flow given by AddHostFlow (a restarted daemon's,
+// from the node's connection tracking) returns through the host port.
+func TestAddHostFlow(t *testing.T) {
+	ts := routerSwitch(t, vswitch.Options{}, vswitch.RouterConfig{})
+	ts.sw.AddHostFlow(rtB4, rtA4, vswitch.ProtoTCP, 80, 40000)
+	reply := ipFrame(hostMAC(rtPodA), hostMAC(rtPodB), rtB4, rtA4, 64, vswitch.ProtoTCP, true, l4TCP(80, 40000, 0x10))
+	ts.inject(rtPodB, reply)
+	ts.settle()
+	viaHost := slices.Clone(reply)
+	vswitch.Ether(viaHost).SetDst(hostMAC(rtHost))
+	if got := ts.data(rtHost); !equalFrames(got, [][]byte{viaHost}) {
+		t.Errorf("host port got %s, want the flow's frame", describe(got))
+	}
+	if got := ts.data(rtPodA); len(got) != 0 {
+		t.Errorf("pod A got %s, want nothing", describe(got))
+	}
+}
+
+// TestHostFlowsExpire: a flow without traffic leaves the table after its
+// idle time (a day for TCP; two minutes once a FIN passed; three minutes
+// for UDP).
+func TestHostFlowsExpire(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	// A short aging time makes the switch sweep every second.
+	ts := routerSwitch(t, vswitch.Options{Now: clock, AgingTime: 10 * time.Second}, vswitch.RouterConfig{})
+	flow := func(sport uint16, proto uint8, flags byte) []byte {
+		l4 := l4UDP(sport, 80, nil)
+		if proto == vswitch.ProtoTCP {
+			l4 = l4TCP(sport, 80, flags)
+		}
+		return ipFrame(hostMAC(rtPodB), hostMAC(rtHost), rtA4, rtB4, 63, proto, true, l4)
+	}
+	// Each frame records a flow at the clock's time; the sweep follows
+	// the clock a second later at most.
+	ts.inject(rtHost, flow(1, vswitch.ProtoTCP, 0x10), flow(2, vswitch.ProtoTCP, 0x11), flow(3, vswitch.ProtoUDP, 0))
+	ts.settle()
+	wantFlows := func(n int) {
+		t.Helper()
+		waitFor(t, func() string {
+			if got := ts.sw.RouterStats().HostFlows; got != n {
+				return fmt.Sprintf("RouterStats().HostFlows = %d, want %d", got, n)
+			}
+			return ""
+		})
+	}
+	wantFlows(3)
+	advance(2*time.Minute + 5*time.Second) // past the closed TCP flow's idle time
+	wantFlows(2)
+	advance(2 * time.Minute) // past UDP's
+	wantFlows(1)
+	advance(24 * time.Hour)
+	wantFlows(0)
 }

@@ -1,0 +1,57 @@
+package daemon
+
+import (
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// seedHostFlows tells the switch which connections the node's kernel
+// forwards between two of this node's pods — a Service address translated
+// to a local backend — so their replies keep returning through the node
+// after a restart (see vswitch.AddHostFlow). The node's connection
+// tracking, in the daemon's namespace, holds them: the reply tuple of such
+// a connection runs from one local pod to another. A node without
+// conntrack support just has none; that is logged, not an error.
+func (d *Daemon) seedHostFlows() {
+	local := func(ip []byte) bool {
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			return false
+		}
+		a = a.Unmap()
+		for _, c := range d.cidrs() {
+			if c.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	n := 0
+	for _, family := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, family)
+		if err != nil {
+			d.log.Warn("read the node's connection tracking; flows between local pods through Services may reset after this restart", "err", err)
+			return
+		}
+		for _, f := range flows {
+			r := f.Reverse
+			switch r.Protocol {
+			case unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_SCTP:
+			default:
+				continue
+			}
+			if !local(r.SrcIP) || !local(r.DstIP) {
+				continue
+			}
+			src, _ := netip.AddrFromSlice(r.SrcIP)
+			dst, _ := netip.AddrFromSlice(r.DstIP)
+			d.sw.AddHostFlow(src, dst, r.Protocol, r.SrcPort, r.DstPort)
+			n++
+		}
+	}
+	if n > 0 {
+		d.log.Info("flows between local pods through the node taken from its connection tracking", "flows", n)
+	}
+}
