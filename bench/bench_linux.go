@@ -6,15 +6,17 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"time"
 )
 
 // benchMTU is the pod interfaces' MTU in both set-ups.
 const benchMTU = 1500
 
-// runBench builds the kernel and the tapswitch set-ups, measures both for
-// opts.rounds rounds, prints the table and writes opts.out. Whatever
-// happens, it removes everything it made before it returns.
+// runBench builds the kernel, the tapswitch (route mode) and the
+// tapswitch-proxy set-ups, measures them for opts.rounds rounds, prints
+// the table and writes opts.out. Whatever happens, it removes everything
+// it made before it returns.
 func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	for _, tool := range []string{"iperf3", "iptables"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -32,15 +34,22 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	progress(w, "setting up: tapswitchd from %s in a node namespace, with a world (namespaces %st-*)", opts.binDir, nsPrefix())
+	progress(w, "setting up: tapswitchd --egress route from %s in a node namespace, with a world (namespaces %st-*)", opts.binDir, nsPrefix())
 	tsw, err := setupTapswitch(ctx, cl, opts, benchMTU)
 	if err != nil {
 		return err
 	}
-	variants := []*variant{kernel, tsw}
+	progress(w, "setting up: tapswitchd --egress proxy in another node namespace, one pod and a world (namespaces %sp-*)", nsPrefix())
+	proxy, err := setupTapswitchProxy(ctx, cl, opts, benchMTU)
+	if err != nil {
+		return err
+	}
+	variants := []*variant{kernel, tsw, proxy}
 	for _, v := range variants {
-		if err := waitReachable(ctx, v); err != nil {
-			return err
+		if !v.outsideOnly {
+			if err := waitReachable(ctx, v); err != nil {
+				return err
+			}
 		}
 		if err := waitOutside(ctx, v); err != nil {
 			return err
@@ -50,17 +59,15 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	printEnv(w, e, tsw.attached)
+	printEnv(w, e, append(slices.Clone(tsw.attached), proxy.attached...))
 
 	start := time.Now()
 	for r := range opts.rounds {
 		progress(w, "round %d of %d", r+1, opts.rounds)
-		// Alternate which set-up goes first, so a drift of the machine
+		// Rotate which set-up goes first, so a drift of the machine
 		// during a round does not always favour the same one.
-		order := variants
-		if r%2 == 1 {
-			order = []*variant{tsw, kernel}
-		}
+		i := r % len(variants)
+		order := append(slices.Clone(variants[i:]), variants[:i]...)
 		for _, v := range order {
 			if err := measureRound(ctx, w, v, opts); err != nil {
 				return fmt.Errorf("round %d, %s: %w", r+1, v.name, err)
@@ -77,7 +84,7 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 		return err
 	}
 
-	res := newResults(kernel, tsw, e, opts, cni)
+	res := newResults(kernel, tsw, proxy, e, opts, cni)
 	printTable(w, res)
 	if err := writeJSON(opts.out, res); err != nil {
 		return err

@@ -53,6 +53,16 @@ func TestShortBench(t *testing.T) {
 	}
 	checkPositive(t, "variants.tapswitch", res.Variants["tapswitch"], "switch_cpu_s_per_gb")
 	checkPositive(t, "ratios", res.Ratios, common...)
+	// The daemon in proxy mode takes only the figures of the way out.
+	if _, ok := res.Variants[proxyVariant]; !ok {
+		t.Errorf("variants.%s missing", proxyVariant)
+	}
+	checkPositive(t, "variants."+proxyVariant, res.Variants[proxyVariant], proxyFigures...)
+	var proxyRatios []string
+	for _, key := range proxyFigures {
+		proxyRatios = append(proxyRatios, proxyRatioPrefix+key)
+	}
+	checkPositive(t, "ratios", res.Ratios, proxyRatios...)
 	for _, key := range []string{"kernel", "cpus", "mtu", "offloads", "rounds", "duration", "date"} {
 		if res.Meta[key] == nil || res.Meta[key] == "" {
 			t.Errorf("meta.%s = %v, want it set", key, res.Meta[key])

@@ -478,7 +478,7 @@ func runCNIOnly(ctx context.Context, opts options, w io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	res := newResults(&variant{name: "kernel"}, &variant{name: "tapswitch"}, env{}, opts, cni)
+	res := newResults(&variant{name: "kernel"}, &variant{name: "tapswitch"}, nil, env{}, opts, cni)
 	fmt.Fprintf(w, "\nCNI ADD and DEL, %d pods per variant; kernel: %s\n", cni.Pods, formatPlugins(cni.Plugins))
 	printRows(w, res, cniFigureList())
 	fmt.Fprintln(w, "not written to", opts.out+": -only runs part of the bench")

@@ -106,7 +106,7 @@ func TestCNIFiguresInResults(t *testing.T) {
 	ts := &variant{name: "tapswitch"}
 	k.add("tcp1_gbps", 10)
 	ts.add("tcp1_gbps", 5)
-	res := newResults(k, ts, env{}, options{rounds: 1, duration: time.Second}, run)
+	res := newResults(k, ts, nil, env{}, options{rounds: 1, duration: time.Second}, run)
 
 	want := map[string][3]float64{ // kernel, tapswitch, ratio
 		"cni_add_p50_ms": {10, 5, 0.5}, "cni_add_p99_ms": {20, 30, 1.5}, "cni_add_max_ms": {30, 45, 1.5},

@@ -33,7 +33,9 @@ type daemonProc struct {
 // (tsw0, with a route to podCIDR) and its egress sockets are the node
 // namespace's, so the machine's root namespace gains no device or route.
 // It forwards DNS nowhere (--dns none): nothing the harness measures asks.
-func startDaemon(ctx context.Context, cl *cleanups, binDir, dir, node string, podCIDR netip.Prefix, mtu int) (*daemonProc, error) {
+// extra are more daemon flags, after the harness's own, such as
+// "--egress", "proxy".
+func startDaemon(ctx context.Context, cl *cleanups, binDir, dir, node string, podCIDR netip.Prefix, mtu int, extra ...string) (*daemonProc, error) {
 	d := &daemonProc{
 		binDir: binDir,
 		socket: filepath.Join(dir, "tapswitchd.sock"),
@@ -51,9 +53,10 @@ func startDaemon(ctx context.Context, cl *cleanups, binDir, dir, node string, po
 	defer logf.Close() // the child has its own copy
 	// ip netns exec enters the namespace and execs the daemon, so the
 	// process the harness signals and meters is tapswitchd itself.
-	d.cmd = exec.Command("ip", "netns", "exec", node, filepath.Join(binDir, "tapswitchd"),
+	args := []string{"netns", "exec", node, filepath.Join(binDir, "tapswitchd"),
 		"--socket", d.socket, "--state-dir", filepath.Join(dir, "state"),
-		"--pod-cidr", podCIDR.String(), "--mtu", fmt.Sprint(mtu), "--dns", "none", "--log-level", "warn")
+		"--pod-cidr", podCIDR.String(), "--mtu", fmt.Sprint(mtu), "--dns", "none", "--log-level", "warn"}
+	d.cmd = exec.Command("ip", append(args, extra...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C reaches the harness, which detaches
 	// the pods before it stops the daemon.

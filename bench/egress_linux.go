@@ -14,10 +14,21 @@ import (
 
 // The ways out of the pod network: pod → world (egress) and pod → node.
 // Each variant has a pod, the node it runs on and a world namespace behind
-// a veth from the node, the "internet" of the figures. For tapswitch the
-// pod's TCP ends in the daemon's gateway and a socket of the node carries
-// it on; for the kernel the node routes and masquerades the pod's packets.
-// Both worlds know no route back to the pods: only the node's address on
+// a veth from the node, the "internet" of the figures. How the pod's
+// packets get there differs:
+//
+//   - kernel: the pod's default route is the bridge's address; the node
+//     routes (ip_forward) and iptables MASQUERADE rewrites the source;
+//   - tapswitch (tapswitchd --egress route, the default): the switch
+//     routes the pod's packets, with the pod's own address, through the
+//     host port tsw0 into the node's kernel, which forwards them and
+//     masquerades them by the daemon's nftables table (inet tapswitch);
+//     the daemon sets both up inside its node namespace;
+//   - tapswitch-proxy (--egress proxy): the daemon's gateway ends the
+//     pod's TCP and UDP and a socket of the node carries them on; the node
+//     forwards nothing.
+//
+// Every world knows no route back to the pods: only the node's address on
 // the world veth answers, as on a real network.
 
 // The world veths' subnets, from the range RFC 2544 reserves for
@@ -26,6 +37,7 @@ import (
 var (
 	kernelWorldSubnet    = netip.MustParsePrefix("198.18.1.0/24")
 	tapswitchWorldSubnet = netip.MustParsePrefix("198.18.2.0/24")
+	proxyWorldSubnet     = netip.MustParsePrefix("198.18.3.0/24")
 )
 
 // worldVeth is the node's end of the veth pair to the world.
@@ -81,8 +93,9 @@ func waitOutside(ctx context.Context, v *variant) error {
 
 // waitConnect listens on to's address inside its namespace, connects from
 // from's namespace and reads the byte the listener sends, retrying for up
-// to 10 s. The byte makes sure the connection reached to: a gateway may
-// accept the pod's connection before its own reaches the server.
+// to 10 s. The byte makes sure the connection reached to: a gateway in
+// proxy mode may accept the pod's connection before its own reaches the
+// server.
 func waitConnect(ctx context.Context, from, to pod) error {
 	addr := netip.AddrPortFrom(to.ip.Addr(), probePort).String()
 	var ln net.Listener
@@ -171,7 +184,7 @@ func measureOutside(ctx context.Context, w io.Writer, v *variant, opts options) 
 	gb := egress.Bytes / 1e9
 	v.add("egress_tcp_gbps", egress.BitsPerSecond/1e9)
 	v.add("egress_cpu_s_per_gb", machine.Seconds()/gb)
-	line := fmt.Sprintf("  %-9s TCP pod → world %8.2f Gbit/s, %.2f s/GB machine CPU", v.name, egress.BitsPerSecond/1e9, machine.Seconds()/gb)
+	line := fmt.Sprintf("  %-15s TCP pod → world %8.2f Gbit/s, %.2f s/GB machine CPU", v.name, egress.BitsPerSecond/1e9, machine.Seconds()/gb)
 	if v.switchPID > 0 {
 		line += fmt.Sprintf(", %.2f s/GB switch process", sw.Seconds()/gb)
 	}
@@ -182,7 +195,7 @@ func measureOutside(ctx context.Context, w io.Writer, v *variant, opts options) 
 		return fmt.Errorf("pod → node: %w", err)
 	}
 	v.add("node_tcp_gbps", node.BitsPerSecond/1e9)
-	progress(w, "  %-9s TCP pod → node  %8.2f Gbit/s (%s)", v.name, node.BitsPerSecond/1e9, o.node.ifname)
+	progress(w, "  %-15s TCP pod → node  %8.2f Gbit/s (%s)", v.name, node.BitsPerSecond/1e9, o.node.ifname)
 
 	rtts, err := requestResponse(ctx, o.pod, o.world, opts.rrs)
 	if err != nil {
@@ -190,6 +203,6 @@ func measureOutside(ctx context.Context, w io.Writer, v *variant, opts options) 
 	}
 	rr := percentile(rtts, 50)
 	v.add("egress_rr_us", micros(rr))
-	progress(w, "  %-9s UDP req/resp pod → world %6.1f µs p50, p99 %.1f µs (%d exchanges)", v.name, micros(rr), micros(percentile(rtts, 99)), len(rtts))
+	progress(w, "  %-15s UDP req/resp pod → world %6.1f µs p50, p99 %.1f µs (%d exchanges)", v.name, micros(rr), micros(percentile(rtts, 99)), len(rtts))
 	return nil
 }

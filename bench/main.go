@@ -1,8 +1,8 @@
 // Command bench is tapswitch's end-to-end benchmark (make bench, make
 // bench-scale). Run it as root from the repository root after make build.
 //
-// The default mode builds two identical set-ups in one run on one machine
-// and measures both with the same tools:
+// The default mode builds three set-ups in one run on one machine and
+// measures them with the same tools:
 //
 //   - kernel: a Linux bridge in a "node" namespace of its own, with one
 //     veth pair to each of two pod namespaces; and, in a second node
@@ -10,26 +10,33 @@
 //     a veth, and routing with iptables MASQUERADE to a "world" namespace
 //     behind another veth (ip_forward and the rule set in that namespace
 //     only);
-//   - tapswitch: bin/tapswitchd running inside a node namespace (its host
-//     port tsw0 and its egress sockets are there) with a private socket
-//     and state folder, two pod namespaces attached with tapswitchctl, and
-//     a world namespace behind a veth from the node.
+//   - tapswitch: bin/tapswitchd --egress route (the default) running
+//     inside a node namespace (its host port tsw0, the forwarding it
+//     enables and its nftables table are there) with a private socket and
+//     state folder, two pod namespaces attached with tapswitchctl, and a
+//     world namespace behind a veth from the node;
+//   - tapswitch-proxy: a second tapswitchd, with --egress proxy, in a node
+//     namespace of its own (its egress sockets are there) with one pod and
+//     a world of its own, for the figures of the way out only.
 //
 // Figures: between two pods, iperf3 TCP with 1 and 4 streams, UDP 64-byte
 // datagrams per second at the receiver, ping RTT p50, UDP
 // request/response p50, and CPU seconds per GB during the TCP tests; out
-// of the pod network, iperf3 TCP pod → world (kernel: routing and NAT;
-// tapswitch: the netstack gateway) with its CPU per GB, UDP
-// request/response pod → world p50, and iperf3 TCP pod → node (the bridge's
-// address; tapswitch's host port). Every figure is taken -rounds times
-// and the median reported. Then the CNI figures (cni_linux.go): -cni-pods
+// of the pod network, for all three, iperf3 TCP pod → world (kernel:
+// routing and MASQUERADE; tapswitch: the switch routes to tsw0, the node
+// forwards and masquerades by the daemon's nftables table;
+// tapswitch-proxy: the netstack gateway ends the connection) with its CPU
+// per GB, UDP request/response pod → world p50, and iperf3 TCP pod → node
+// (the bridge's address; tapswitch's host port). Every figure is taken
+// -rounds times and the median reported. Then the CNI figures (cni_linux.go): -cni-pods
 // pods per variant attached one after another and deleted one after
 // another through the real plugin binaries, run by libcni inside the node
 // namespaces (kernel: the reference bridge plugin with host-local, from
 // -cni-tools; tapswitch: bin/tapswitch against the bench's tapswitchd),
 // with the p50, p99 and max of the ADD and the DEL times. -only cni takes
-// just those. It prints one table with the ratio
-// tapswitch/kernel of each figure and writes -out (bench/results/latest.json).
+// just those. It prints one table with the ratio tapswitch/kernel of each
+// figure and tapswitch-proxy/kernel of its figures, and writes -out
+// (bench/results/latest.json).
 //
 // With -scale it measures one daemon (in a node namespace too) with -pods
 // pods instead: attach time per pod, daemon memory per pod, the cost of

@@ -53,10 +53,13 @@ func cniFigureList() []figure {
 	return out
 }
 
-// variant is one two-pod set-up under test and what was measured on it.
+// variant is one set-up under test and what was measured on it: two
+// pods and their way out, or, when outsideOnly, one pod (client) and its
+// way out.
 type variant struct {
 	name           string
 	client, server pod
+	outsideOnly    bool                 // only the figures of the way out: no server pod
 	switchPID      int                  // the process that switches; 0 for the kernel
 	daemon         *daemonProc          // tapswitch only
 	attached       []attachedPod        // the daemon's answers (tapswitch only)
@@ -80,8 +83,13 @@ func (v *variant) medians() map[string]float64 {
 	return m
 }
 
-// measureRound takes every figure once on v, printing each to w.
+// measureRound takes every figure of v once, printing each to w: those
+// between its two pods and those of its way out, or only the latter when
+// v.outsideOnly.
 func measureRound(ctx context.Context, w io.Writer, v *variant, opts options) error {
+	if v.outsideOnly {
+		return measureOutside(ctx, w, v, opts)
+	}
 	if err := measureTCP(ctx, w, v, opts.duration); err != nil {
 		return err
 	}
@@ -93,7 +101,7 @@ func measureRound(ctx context.Context, w io.Writer, v *variant, opts options) er
 		return err
 	}
 	v.add("rtt_us", micros(rtt))
-	progress(w, "  %-9s ping RTT   %8.1f µs p50 (%d echoes)", v.name, micros(rtt), opts.pings)
+	progress(w, "  %-15s ping RTT   %8.1f µs p50 (%d echoes)", v.name, micros(rtt), opts.pings)
 
 	rtts, err := requestResponse(ctx, v.client, v.server, opts.rrs)
 	if err != nil {
@@ -101,7 +109,7 @@ func measureRound(ctx context.Context, w io.Writer, v *variant, opts options) er
 	}
 	rr := percentile(rtts, 50)
 	v.add("rr_us", micros(rr))
-	progress(w, "  %-9s UDP req/resp %6.1f µs p50, p99 %.1f µs (%d exchanges)", v.name, micros(rr), micros(percentile(rtts, 99)), len(rtts))
+	progress(w, "  %-15s UDP req/resp %6.1f µs p50, p99 %.1f µs (%d exchanges)", v.name, micros(rr), micros(percentile(rtts, 99)), len(rtts))
 	return measureOutside(ctx, w, v, opts)
 }
 
@@ -128,11 +136,11 @@ func measureTCP(ctx context.Context, w io.Writer, v *variant, length time.Durati
 		}
 		machine, sw, bytes = machine+dm, sw+ds, bytes+sum.Bytes
 		v.add(t.key, sum.BitsPerSecond/1e9)
-		progress(w, "  %-9s %-10s %8.2f Gbit/s", v.name, t.key, sum.BitsPerSecond/1e9)
+		progress(w, "  %-15s %-10s %8.2f Gbit/s", v.name, t.key, sum.BitsPerSecond/1e9)
 	}
 	gb := bytes / 1e9
 	v.add("cpu_s_per_gb", machine.Seconds()/gb)
-	line := fmt.Sprintf("  %-9s CPU        %8.2f s/GB machine", v.name, machine.Seconds()/gb)
+	line := fmt.Sprintf("  %-15s CPU        %8.2f s/GB machine", v.name, machine.Seconds()/gb)
 	if v.switchPID > 0 {
 		v.add("switch_cpu_s_per_gb", sw.Seconds()/gb)
 		line += fmt.Sprintf(", %.2f s/GB switch process", sw.Seconds()/gb)
@@ -166,7 +174,7 @@ func measureUDP(ctx context.Context, w io.Writer, v *variant, length time.Durati
 	}
 	kpps := float64(udp.received()) / udp.Seconds / 1e3
 	v.add("udp64_kpps", kpps)
-	progress(w, "  %-9s UDP 64 B   %8.0f kpps received (%d of %d datagrams)%s%s",
+	progress(w, "  %-15s UDP 64 B   %8.0f kpps received (%d of %d datagrams)%s%s",
 		v.name, kpps, udp.received(), udp.Packets, dropDiff(drops0, drops1), loss1.since(loss0))
 	return nil
 }

@@ -13,9 +13,11 @@ import (
 )
 
 // results is bench/results/latest.json. Its top level is a fixed interface
-// (DESIGN.md): variants.kernel and variants.tapswitch with the medians of
-// each figure, ratios with tapswitch/kernel of each figure both have, and
-// meta with what the numbers depend on.
+// (DESIGN.md): variants.kernel and variants.tapswitch (route mode, the
+// default) with the medians of each figure, ratios with tapswitch/kernel
+// of each figure both have, and meta with what the numbers depend on.
+// variants["tapswitch-proxy"] holds the proxyFigures of a daemon in proxy
+// mode, and ratios their proxy/kernel under proxy_KEY.
 type results struct {
 	Variants map[string]map[string]float64 `json:"variants"`
 	Ratios   map[string]float64            `json:"ratios"`
@@ -32,6 +34,8 @@ type resultsMeta struct {
 	// TapswitchPods is what tapswitchctl pod add answered, with the
 	// offloads and queues fields when the daemon reports them.
 	TapswitchPods []attachedPod `json:"tapswitch_pods"`
+	// TapswitchProxyPods is the same for the tapswitch-proxy variant.
+	TapswitchProxyPods []attachedPod `json:"tapswitch_proxy_pods,omitempty"`
 	// LowerIsBetter lists the figures, and so ratios, where less wins.
 	LowerIsBetter []string                        `json:"lower_is_better"`
 	Notes         []string                        `json:"notes"`
@@ -41,21 +45,28 @@ type resultsMeta struct {
 	CNI cniRun `json:"cni"`
 }
 
+// proxyFigures are the figures the tapswitch-proxy variant takes, those of
+// the way out; their ratios proxy/kernel are under proxyRatioPrefix+key.
+var proxyFigures = []string{"egress_tcp_gbps", "egress_cpu_s_per_gb", "egress_rr_us", "node_tcp_gbps"}
+
+const proxyRatioPrefix = "proxy_"
+
 var resultNotes = []string{
-	"every figure is the median of the rounds; ratios are tapswitch/kernel, so for the lower_is_better figures a ratio under 1 favours tapswitch",
+	"every figure is the median of the rounds; ratios are tapswitch/kernel, and proxy_* ratios tapswitch-proxy/kernel, so for the lower_is_better figures a ratio under 1 favours tapswitch",
+	"tapswitch is tapswitchd --egress route (the default); tapswitch-proxy is a second tapswitchd with --egress proxy, in a node namespace of its own with one pod and a world of its own, measured for the egress_* and node_* figures only",
 	"udp64_kpps: 64-byte UDP payloads received per second by iperf3 -u -b 0 (receiver's count: sent less lost)",
 	"rtt_us: ICMP echo round trip, one at a time; rr_us: 32-byte UDP request and echo, one at a time; both p50",
 	"cpu_s_per_gb: busy CPU time of the whole machine (/proc/stat) during the two TCP tests, per GB the receiver got, for both variants; the kernel bridge has no process of its own, so its work is only in this figure",
 	"switch_cpu_s_per_gb: tapswitchd's utime+stime (/proc/PID/stat) over the same tests; it includes the receiving pod's kernel stack, which runs inside the daemon's TAP writes",
-	"egress_*: a pod to a server in a world namespace behind a veth from the node namespace, which has no route back to the pods; kernel: another node namespace with a bridge holding the pods' gateway address, ip_forward and iptables MASQUERADE out of the world veth (all inside that namespace); tapswitch: tapswitchd runs in its node namespace, its gateway ends the pod's TCP and UDP and a node socket carries them on",
+	"egress_*: a pod to a server in a world namespace behind a veth from the node namespace, which has no route back to the pods; kernel: another node namespace with a bridge holding the pods' gateway address, ip_forward and iptables MASQUERADE out of the world veth (all inside that namespace); tapswitch (route mode): tapswitchd runs in its node namespace, its switch routes the pod's packets with the pod's own address through the host port tsw0 into the node's kernel, which forwards them and masquerades them by the daemon's nftables table inet tapswitch (the daemon sets forwarding and the table inside that namespace); tapswitch-proxy: its gateway ends the pod's TCP and UDP and a node socket carries them on, the node forwards nothing",
 	"egress_tcp_gbps and node_tcp_gbps: iperf3, 1 stream; egress_cpu_s_per_gb: the machine's busy CPU during the egress TCP test per GB received; egress_rr_us: 32-byte UDP request and echo pod → world, one at a time, p50",
-	"node_tcp_gbps: a pod to a server in the node namespace on the node's address in the pod network: kernel, the bridge's address (br0); tapswitch, the host port tsw0, the last usable address of the pod cidr",
+	"node_tcp_gbps: a pod to a server in the node namespace on the node's address in the pod network: kernel, the bridge's address (br0); tapswitch and tapswitch-proxy, the host port tsw0, the last usable address of the pod cidr",
 	"cni_*_ms: CNI ADD and DEL latency, p50, p99 and max of meta.cni.pods calls, not medians of rounds: after the rounds, that many pods per variant, each a fresh netns made beforehand, attached one after another with libcni AddNetworkList and then deleted one after another with DelNetworkList (conflist cniVersion 1.0.0, one plugin); each time is one plugin process from start to exit, started inside the variant's node namespace (no ip netns exec in between); kernel: the reference bridge plugin (isGateway, no ipMasq) with host-local IPAM, versions in meta.cni.plugins; tapswitch: bin/tapswitch asking the bench's tapswitchd",
 }
 
 // newResults gathers the medians, the CNI figures, the ratios and meta of
-// a finished run.
-func newResults(kernel, tsw *variant, e env, opts options, cni cniRun) results {
+// a finished run. proxy, the tapswitch-proxy variant, may be nil.
+func newResults(kernel, tsw, proxy *variant, e env, opts options, cni cniRun) results {
 	res := results{
 		Variants: map[string]map[string]float64{kernel.name: kernel.medians(), tsw.name: tsw.medians()},
 		Ratios:   make(map[string]float64),
@@ -72,18 +83,30 @@ func newResults(kernel, tsw *variant, e env, opts options, cni cniRun) results {
 			CNI:           cni,
 		},
 	}
+	if proxy != nil {
+		res.Variants[proxy.name] = proxy.medians()
+		res.Meta.Samples[proxy.name] = proxy.samples
+		res.Meta.TapswitchProxyPods = proxy.attached
+	}
 	for name, lat := range cni.Variants {
 		maps.Copy(res.Variants[name], lat.figures())
 	}
 	k, t := res.Variants[kernel.name], res.Variants[tsw.name]
+	p := res.Variants[proxyVariant] // nil without a proxy variant
 	for _, f := range figures {
+		isProxy := slices.Contains(proxyFigures, f.key)
 		if f.lowerBetter {
 			res.Meta.LowerIsBetter = append(res.Meta.LowerIsBetter, f.key)
+			if isProxy {
+				res.Meta.LowerIsBetter = append(res.Meta.LowerIsBetter, proxyRatioPrefix+f.key)
+			}
 		}
 		kv, ok1 := k[f.key]
-		tv, ok2 := t[f.key]
-		if ok1 && ok2 && kv > 0 {
+		if tv, ok2 := t[f.key]; ok1 && ok2 && kv > 0 {
 			res.Ratios[f.key] = tv / kv
+		}
+		if pv, ok3 := p[f.key]; isProxy && ok1 && ok3 && kv > 0 {
+			res.Ratios[proxyRatioPrefix+f.key] = pv / kv
 		}
 	}
 	return res
@@ -93,7 +116,7 @@ func newResults(kernel, tsw *variant, e env, opts options, cni cniRun) results {
 func printEnv(w io.Writer, e env, pods []attachedPod) {
 	fmt.Fprintf(w, "\nkernel %s, %d CPUs (%s), MTU %d, %s\n", e.Kernel, e.CPUs, e.CPUModel, e.MTU, e.Iperf3)
 	for _, name := range slices.Sorted(maps.Keys(e.Offloads)) {
-		fmt.Fprintf(w, "offloads %-26s %s\n", name, formatOffloads(e.Offloads[name]))
+		fmt.Fprintf(w, "offloads %-31s %s\n", name, formatOffloads(e.Offloads[name]))
 	}
 	for _, p := range pods {
 		var parts []string
@@ -124,32 +147,41 @@ func printTable(w io.Writer, res results) {
 	fmt.Fprintf(w, "\nmedians of %d round(s), %s per iperf3 test; CNI figures of %d pods per variant\n", res.Meta.Rounds, res.Meta.Duration, res.Meta.CNI.Pods)
 	printRows(w, res, figures)
 	fmt.Fprintln(w, "cpu: whole machine's busy CPU for both; switch process: tapswitchd only (the kernel bridge has none)")
-	fmt.Fprintln(w, "pod → world: kernel routing + iptables MASQUERADE in a node namespace against tapswitchd's netstack gateway; pod → node: bridge address against the host port tsw0")
+	fmt.Fprintln(w, "pod → world: kernel: routing + iptables MASQUERADE in a node namespace; tapswitch (--egress route): the switch routes to tsw0, the node forwards and masquerades by the daemon's nftables table;")
+	fmt.Fprintln(w, "  proxy (tapswitch-proxy, --egress proxy): tapswitchd's netstack gateway ends the pod's connection and a node socket carries it on")
+	fmt.Fprintln(w, "pod → node: the bridge's address against the host port tsw0 (both tapswitch modes)")
 	fmt.Fprintln(w, "CNI: each pod a fresh netns, ADDs one after another then DELs, one plugin process each, run in the node namespace; kernel: bridge + host-local, tapswitch: bin/tapswitch")
 }
 
-// printRows prints a header and the row of each of figs: both variants'
-// values and the ratio tapswitch/kernel.
+// printRows prints a header and the row of each of figs: the kernel's
+// and tapswitch's values and the ratio tapswitch/kernel, then, when res
+// has the tapswitch-proxy variant, its value and the ratio proxy/kernel
+// ("-" where it takes no such figure).
 func printRows(w io.Writer, res results, figs []figure) {
-	k, t := res.Variants["kernel"], res.Variants["tapswitch"]
-	const row = "%-32s %10s %10s %17s  %s\n"
-	fmt.Fprintf(w, row, "figure", "kernel", "tapswitch", "tapswitch/kernel", "better")
-	cell := func(m map[string]float64, f figure) string {
-		if x, ok := m[f.key]; ok {
-			return fmt.Sprintf(f.format, x)
+	k, t, p := res.Variants["kernel"], res.Variants["tapswitch"], res.Variants[proxyVariant]
+	const cols = "%-32s %10s %10s %17s"
+	const proxyCols = " %10s %13s"
+	header := fmt.Sprintf(cols, "figure", "kernel", "tapswitch", "tapswitch/kernel")
+	if p != nil {
+		header += fmt.Sprintf(proxyCols, "proxy", "proxy/kernel")
+	}
+	fmt.Fprintf(w, "%s  better\n", header)
+	cell := func(m map[string]float64, key, format string) string {
+		if x, ok := m[key]; ok {
+			return fmt.Sprintf(format, x)
 		}
 		return "-"
 	}
 	for _, f := range figs {
-		ratio := "-"
-		if r, ok := res.Ratios[f.key]; ok {
-			ratio = fmt.Sprintf("%.2f", r)
+		line := fmt.Sprintf(cols, f.label, cell(k, f.key, f.format), cell(t, f.key, f.format), cell(res.Ratios, f.key, "%.2f"))
+		if p != nil {
+			line += fmt.Sprintf(proxyCols, cell(p, f.key, f.format), cell(res.Ratios, proxyRatioPrefix+f.key, "%.2f"))
 		}
 		better := "higher"
 		if f.lowerBetter {
 			better = "lower"
 		}
-		fmt.Fprintf(w, row, f.label, cell(k, f), cell(t, f), ratio, better)
+		fmt.Fprintf(w, "%s  %s\n", line, better)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 )
@@ -81,7 +82,7 @@ func TestNewResultsRatios(t *testing.T) {
 	k.add("rtt_us", 10)
 	ts.add("rtt_us", 25)
 	ts.add("switch_cpu_s_per_gb", 0.3)
-	res := newResults(k, ts, env{}, options{rounds: 3, duration: time.Second}, cniRun{})
+	res := newResults(k, ts, nil, env{}, options{rounds: 3, duration: time.Second}, cniRun{})
 	if got := res.Ratios["tcp1_gbps"]; got != 0.5 {
 		t.Errorf("ratio tcp1_gbps = %v, want 0.5 (medians 5.5/11)", got)
 	}
@@ -90,5 +91,44 @@ func TestNewResultsRatios(t *testing.T) {
 	}
 	if _, ok := res.Ratios["switch_cpu_s_per_gb"]; ok {
 		t.Errorf("ratio switch_cpu_s_per_gb present, want none: the kernel has no switch process")
+	}
+	if _, ok := res.Variants[proxyVariant]; ok {
+		t.Errorf("variants.%s present without a proxy variant", proxyVariant)
+	}
+}
+
+func TestNewResultsProxyRatios(t *testing.T) {
+	k := &variant{name: "kernel"}
+	ts := &variant{name: "tapswitch"}
+	px := &variant{name: proxyVariant, outsideOnly: true}
+	for key, x := range map[string][3]float64{ // kernel, tapswitch, proxy
+		"tcp1_gbps":       {10, 8, 0},
+		"egress_tcp_gbps": {10, 8, 4},
+		"egress_rr_us":    {20, 30, 50},
+	} {
+		k.add(key, x[0])
+		ts.add(key, x[1])
+		if x[2] > 0 {
+			px.add(key, x[2])
+		}
+	}
+	res := newResults(k, ts, px, env{}, options{rounds: 1, duration: time.Second}, cniRun{})
+	want := map[string]float64{
+		"tcp1_gbps": 0.8, "egress_tcp_gbps": 0.8, "egress_rr_us": 1.5,
+		"proxy_egress_tcp_gbps": 0.4, "proxy_egress_rr_us": 2.5,
+	}
+	for key, w := range want {
+		if got := res.Ratios[key]; got != w {
+			t.Errorf("ratios.%s = %v, want %v", key, got, w)
+		}
+	}
+	if _, ok := res.Ratios["proxy_tcp1_gbps"]; ok {
+		t.Errorf("ratios.proxy_tcp1_gbps present, want only the proxy figures of the way out")
+	}
+	if got := res.Variants[proxyVariant]["egress_tcp_gbps"]; got != 4 {
+		t.Errorf("variants.%s.egress_tcp_gbps = %v, want 4", proxyVariant, got)
+	}
+	if !slices.Contains(res.Meta.LowerIsBetter, "proxy_egress_rr_us") {
+		t.Errorf("lower_is_better %v lacks proxy_egress_rr_us", res.Meta.LowerIsBetter)
 	}
 }
