@@ -191,6 +191,10 @@ func TestCreateIPv6Onlink(t *testing.T) {
 	}) {
 		t.Errorf("v6 addresses = %v, want fd00:250::9 not tentative", addrs)
 	}
+	// The link-local address skips DAD too: none is tentative.
+	if i := slices.IndexFunc(addrs, func(a netlink.Addr) bool { return a.Flags&0x40 != 0 }); i >= 0 {
+		t.Errorf("v6 address %v is tentative, want DAD off on the device", addrs[i])
+	}
 	routes, _ := h.RouteList(link, netlink.FAMILY_V6)
 	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
 		return r.Gw.Equal(cfg.Gateways[1].AsSlice()) && r.Flags&int(netlink.FLAG_ONLINK) != 0

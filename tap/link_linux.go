@@ -5,11 +5,14 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"tapswitch/internal/netnsutil"
 	vswitch "tapswitch/switch"
 )
 
@@ -22,6 +25,11 @@ func configureLink(h *netlink.Handle, link netlink.Link, cfg Config) error {
 	}
 	if err := h.LinkSetMTU(link, cfg.MTU); err != nil {
 		return cfg.errorf("set mtu on", err)
+	}
+	if slices.ContainsFunc(cfg.Addrs, func(a netip.Prefix) bool { return a.Addr().Is6() }) {
+		if err := skipDAD(cfg); err != nil {
+			return err
+		}
 	}
 	for _, a := range cfg.Addrs {
 		addr := &netlink.Addr{IPNet: ipNet(a)}
@@ -52,6 +60,24 @@ func configureLink(h *netlink.Handle, link netlink.Link, cfg Config) error {
 		if err := h.RouteAdd(route); err != nil {
 			return cfg.errorf(fmt.Sprintf("add default route via %s to", gw), err)
 		}
+	}
+	return nil
+}
+
+// skipDAD turns duplicate address detection off on the device before it
+// comes up, for the link-local address the kernel then makes: its MAC,
+// which that address derives from, is the daemon's and unique. Without
+// it the link-local address is tentative for a second, and the node's
+// kernel, which solicits a pod's MAC on tsw0 from it when the packet's
+// source is not on tsw0 (a reply it de-masqueraded), holds such packets
+// meanwhile. The sysctl is the device's, in its netns (/proc/sys/net is
+// per namespace, read by the opening thread's).
+func skipDAD(cfg Config) error {
+	err := netnsutil.Do(cfg.NetNS, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/"+cfg.Name+"/accept_dad", []byte("0"), 0)
+	})
+	if err != nil {
+		return cfg.errorf("turn off duplicate address detection on", err)
 	}
 	return nil
 }
