@@ -26,8 +26,8 @@ import (
 	"tapswitch/internal/testutil"
 )
 
-// The egress tests: pods reaching an outside-world namespace through
-// the gateway's forwarders.
+// The egress tests of proxy mode: pods reaching an outside-world namespace
+// through the gateway's forwarders.
 
 // TestWorldFromNode checks the test's outside world itself, without the
 // gateway: the node reaches the world's servers over both families and is
@@ -61,11 +61,14 @@ func TestWorldFromNode(t *testing.T) {
 	checkPeers(t, "world server", peers.addrs(), w.node4, w.node6)
 }
 
-// egressDaemon starts a daemon with the pod CIDRs 10.251.N.0/24 and
-// fd00:4a4:N::/64, a world next to its node and one pod.
+// egressDaemon starts a daemon in proxy mode (--egress proxy: the gateway
+// terminates the pods' flows and re-dials them from the node's sockets,
+// which is what these tests check; route mode is route_test.go's) with the
+// pod CIDRs 10.251.N.0/24 and fd00:4a4:N::/64, a world next to its node and
+// one pod.
 func egressDaemon(t *testing.T, n int, podID string, extra ...string) (*daemonProc, *world, pod) {
 	t.Helper()
-	flags := append([]string{"--pod-cidr", fmt.Sprintf("10.251.%d.0/24", n), "--pod-cidr6", fmt.Sprintf("fd00:4a4:%d::/64", n)}, extra...)
+	flags := append([]string{"--egress", "proxy", "--pod-cidr", fmt.Sprintf("10.251.%d.0/24", n), "--pod-cidr6", fmt.Sprintf("fd00:4a4:%d::/64", n)}, extra...)
 	d := startDaemon(t, "", flags...)
 	w := newWorld(t, d.node)
 	p := addPod(t, d, podID)

@@ -19,8 +19,13 @@ import (
 	"tapswitch/internal/testutil"
 )
 
-// Port forwards: a client on the node's loopback reaches a server in a pod
-// through the daemon's listener and the gateway netstack.
+// Port forwards in proxy mode (--egress proxy): a client on the node's
+// loopback reaches a server in a pod through the daemon's listener and the
+// gateway netstack, and the pod sees the gateway as the client. In route
+// mode forwards are DNAT rules instead (route_test.go).
+
+// proxyMode is the flag that keeps forwards userspace proxies.
+var proxyMode = []string{"--egress", "proxy"}
 
 // forwardPodServers runs, inside the pod's namespace, an HTTP server on
 // port 80 (GET /big answers body, GET /peer the client address the pod
@@ -73,7 +78,7 @@ func forwardList(t *testing.T, d *daemonProc) []api.Forward {
 
 func TestForwardTCPAndUDP(t *testing.T) {
 	testutil.RequireRoot(t)
-	d := startDaemon(t, "")
+	d := startDaemon(t, "", proxyMode...)
 	p := addPod(t, d, "fwd-web")
 	body := make([]byte, 4<<20)
 	rand.Read(body)
@@ -138,7 +143,7 @@ func TestForwardTCPAndUDP(t *testing.T) {
 
 func TestForwardCLIErrors(t *testing.T) {
 	testutil.RequireRoot(t)
-	d := startDaemon(t, "")
+	d := startDaemon(t, "", proxyMode...)
 	p := addPod(t, d, "fwd-err")
 	if out, err := d.ctl("forward add", "--listen", "127.0.0.1:8080", "--pod", p.ID, "--port", "80"); err != nil {
 		t.Fatalf("forward add: %v\n%s", err, out)
@@ -184,7 +189,7 @@ func TestForwardCLIErrors(t *testing.T) {
 
 func TestForwardSurvivesRestart(t *testing.T) {
 	testutil.RequireRoot(t)
-	d := startDaemon(t, "")
+	d := startDaemon(t, "", proxyMode...)
 	p := addPod(t, d, "fwd-restart")
 	body := []byte("still here")
 	forwardPodServers(t, p, body)
@@ -196,7 +201,7 @@ func TestForwardSurvivesRestart(t *testing.T) {
 	}
 	d.stop(t)
 
-	d2 := startDaemonIn(t, d.node, d.stateDir)
+	d2 := startDaemonIn(t, d.node, d.stateDir, proxyMode...)
 	if fws := forwardList(t, d2); len(fws) != 2 || fws[0].Error != "" || fws[1].Error != "" {
 		t.Fatalf("forwards after restart = %+v, want both, listening", fws)
 	}
