@@ -38,9 +38,19 @@ func TestShortBench(t *testing.T) {
 	var res struct {
 		Variants map[string]map[string]float64 `json:"variants"`
 		Ratios   map[string]float64            `json:"ratios"`
+		Targets  []targetResult                `json:"targets"`
 		Meta     map[string]any                `json:"meta"`
 	}
 	readJSON(t, out, &res)
+	// Every target is judged (met or not: this checks the shape only).
+	if len(res.Targets) != len(targets) {
+		t.Errorf("targets = %+v, want one verdict for each of %d", res.Targets, len(targets))
+	}
+	for _, tg := range res.Targets {
+		if tg.Ratio <= 0 {
+			t.Errorf("target %s: ratio %v, want it positive", tg.Figure, tg.Ratio)
+		}
+	}
 	common := []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rtt_us", "rr_us", "cpu_s_per_gb",
 		"egress_tcp_gbps", "egress_cpu_s_per_gb", "egress_rr_us", "node_tcp_gbps",
 		"cni_add_p50_ms", "cni_add_p99_ms", "cni_add_max_ms", "cni_del_p50_ms", "cni_del_p99_ms", "cni_del_max_ms"}

@@ -21,7 +21,33 @@ import (
 type results struct {
 	Variants map[string]map[string]float64 `json:"variants"`
 	Ratios   map[string]float64            `json:"ratios"`
-	Meta     resultsMeta                   `json:"meta"`
+	// Targets are the goals the issues set for ratios, and whether this
+	// run met them: figures of this machine, not a promise for another.
+	Targets []targetResult `json:"targets"`
+	Meta    resultsMeta    `json:"meta"`
+}
+
+// target is a goal for the ratio tapswitch/kernel of a figure: at least
+// Bound, or at most Bound for a figure where lower is better.
+type target struct {
+	Figure string  `json:"figure"`
+	Bound  float64 `json:"bound"`
+	AtMost bool    `json:"at_most"`
+	What   string  `json:"what"`
+}
+
+type targetResult struct {
+	target
+	Ratio float64 `json:"ratio"`
+	Met   bool    `json:"met"`
+}
+
+// targets are route mode's goals (the routed gateway's issue): the way
+// out of the pod network nearly as fast as the kernel's.
+var targets = []target{
+	{Figure: "egress_tcp_gbps", Bound: 0.9, What: "TCP pod → world at least 0.9× the kernel"},
+	{Figure: "node_tcp_gbps", Bound: 0.9, What: "TCP pod → node at least 0.9× the kernel"},
+	{Figure: "egress_rr_us", Bound: 2, AtMost: true, What: "UDP request/response pod → world p50 at most 2× the kernel"},
 }
 
 type resultsMeta struct {
@@ -109,6 +135,13 @@ func newResults(kernel, tsw, proxy *variant, e env, opts options, cni cniRun) re
 			res.Ratios[proxyRatioPrefix+f.key] = pv / kv
 		}
 	}
+	for _, tg := range targets {
+		r, ok := res.Ratios[tg.Figure]
+		if !ok {
+			continue
+		}
+		res.Targets = append(res.Targets, targetResult{target: tg, Ratio: r, Met: r >= tg.Bound && !tg.AtMost || r <= tg.Bound && tg.AtMost})
+	}
 	return res
 }
 
@@ -151,6 +184,16 @@ func printTable(w io.Writer, res results) {
 	fmt.Fprintln(w, "  proxy (tapswitch-proxy, --egress proxy): tapswitchd's netstack gateway ends the pod's connection and a node socket carries it on")
 	fmt.Fprintln(w, "pod → node: the bridge's address against the host port tsw0 (both tapswitch modes)")
 	fmt.Fprintln(w, "CNI: each pod a fresh netns, ADDs one after another then DELs, one plugin process each, run in the node namespace; kernel: bridge + host-local, tapswitch: bin/tapswitch")
+	if len(res.Targets) > 0 {
+		fmt.Fprintln(w, "\ntargets (ratios of this run, on this machine):")
+	}
+	for _, tg := range res.Targets {
+		verdict := "met"
+		if !tg.Met {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "  %-60s %5.2f  %s\n", tg.What, tg.Ratio, verdict)
+	}
 }
 
 // printRows prints a header and the row of each of figs: the kernel's

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -130,5 +131,26 @@ func TestNewResultsProxyRatios(t *testing.T) {
 	}
 	if !slices.Contains(res.Meta.LowerIsBetter, "proxy_egress_rr_us") {
 		t.Errorf("lower_is_better %v lacks proxy_egress_rr_us", res.Meta.LowerIsBetter)
+	}
+}
+
+// TestTargets: a ratio at its bound meets the target; beyond it, for a
+// lower-is-better figure above it, does not; a figure not taken has no
+// verdict.
+func TestTargets(t *testing.T) {
+	k := &variant{name: "kernel"}
+	ts := &variant{name: "tapswitch"}
+	k.add("egress_tcp_gbps", 10)
+	ts.add("egress_tcp_gbps", 9) // 0.9: met
+	k.add("egress_rr_us", 20)
+	ts.add("egress_rr_us", 41) // 2.05: not met
+	res := newResults(k, ts, nil, env{}, options{rounds: 1, duration: time.Second}, cniRun{})
+	got := map[string]bool{}
+	for _, tg := range res.Targets {
+		got[tg.Figure] = tg.Met
+	}
+	want := map[string]bool{"egress_tcp_gbps": true, "egress_rr_us": false}
+	if !maps.Equal(got, want) {
+		t.Errorf("targets met = %v, want %v (node_tcp_gbps not taken, so not judged)", got, want)
 	}
 }
