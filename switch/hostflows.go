@@ -27,9 +27,11 @@ import (
 //
 // Entries live while the flow has traffic either way: a TCP flow a day
 // without a packet (two minutes once a FIN or RST passed), other
-// protocols three minutes, as conntrack keeps them about as long. The
-// table is bounded; a new flow beyond the bound is not recorded and
-// counted (its replies then go straight to the client).
+// protocols 30 seconds, conntrack's time for an unanswered UDP flow (a DNS
+// query is one flow). The table is bounded: a new flow into a full table
+// takes the place of the longest idle of a few sampled ones, counted as
+// evicted. IPv4 fragments after the first carry no ports; a UDP flow
+// also records its address pair, which they match.
 //
 // Lookups take a read lock only when the table has entries, so pod-to-pod
 // traffic on a node without such flows pays one atomic load.
@@ -37,7 +39,7 @@ type hostFlows struct {
 	n       atomic.Int64 // entries, read without the lock
 	mu      sync.RWMutex // guards m
 	m       map[flowKey]*hostFlow
-	refused atomic.Uint64
+	evicted atomic.Uint64
 }
 
 // flowKey names one direction of a flow. Ports are 0 for protocols
@@ -57,9 +59,12 @@ const (
 	maxHostFlows      = 65536
 	hostFlowTCPIdle   = 24 * time.Hour
 	hostFlowCloseIdle = 2 * time.Minute
-	hostFlowIdle      = 3 * time.Minute
-	tcpFlagFIN        = 0x01
-	tcpFlagRST        = 0x04
+	hostFlowIdle      = 30 * time.Second
+	// hostFlowSample is how many entries a full table looks at to find
+	// the longest idle one to evict.
+	hostFlowSample = 16
+	tcpFlagFIN     = 0x01
+	tcpFlagRST     = 0x04
 )
 
 // flowOf reads the flow key of an IP frame. It reports false for frames
@@ -115,27 +120,60 @@ func (k flowKey) reverse() flowKey {
 // pod's address: replies to it must return through the host port.
 func (hf *hostFlows) record(k flowKey, closing bool, now int64) {
 	rk := k.reverse()
-	hf.mu.RLock()
-	e := hf.m[rk]
-	hf.mu.RUnlock()
-	if e == nil {
-		hf.mu.Lock()
-		if e = hf.m[rk]; e == nil {
-			if len(hf.m) >= maxHostFlows {
-				hf.mu.Unlock()
-				hf.refused.Add(1)
-				return
-			}
-			if hf.m == nil {
-				hf.m = make(map[flowKey]*hostFlow)
-			}
-			e = new(hostFlow)
-			hf.m[rk] = e
-			hf.n.Store(int64(len(hf.m)))
-		}
-		hf.mu.Unlock()
+	hf.entry(rk, now).touch(now, closing)
+	if rk.proto == ProtoUDP {
+		// Later fragments of its datagrams, which have no ports (TCP
+		// sets DF and is not fragmented).
+		pair := rk
+		pair.sport, pair.dport = 0, 0
+		hf.entry(pair, now).touch(now, false)
 	}
-	e.touch(now, closing)
+}
+
+// entry returns k's entry, adding it if there is none.
+func (hf *hostFlows) entry(k flowKey, now int64) *hostFlow {
+	hf.mu.RLock()
+	e := hf.m[k]
+	hf.mu.RUnlock()
+	if e != nil {
+		return e
+	}
+	hf.mu.Lock()
+	defer hf.mu.Unlock()
+	if e = hf.m[k]; e != nil {
+		return e
+	}
+	if hf.m == nil {
+		hf.m = make(map[flowKey]*hostFlow)
+	}
+	if len(hf.m) >= maxHostFlows {
+		hf.evictLocked()
+	}
+	e = new(hostFlow)
+	e.last.Store(now)
+	hf.m[k] = e
+	hf.n.Store(int64(len(hf.m)))
+	return e
+}
+
+// evictLocked removes the longest idle of hostFlowSample entries, which
+// map iteration picks at random. The caller holds mu for writing.
+func (hf *hostFlows) evictLocked() {
+	var oldest flowKey
+	found, seen := false, 0
+	var last int64
+	for k, e := range hf.m {
+		if l := e.last.Load(); !found || l < last {
+			oldest, last, found = k, l, true
+		}
+		if seen++; seen == hostFlowSample {
+			break
+		}
+	}
+	if found {
+		delete(hf.m, oldest)
+		hf.evicted.Add(1)
+	}
 }
 
 // returnsViaHost reports whether f belongs to a recorded flow, and
@@ -168,28 +206,47 @@ func (e *hostFlow) touch(now int64, closing bool) {
 }
 
 // expire removes the flows idle past their timeout and returns how many.
+// It finds them under the read lock, so lookups on the frame path go on
+// meanwhile, and takes the write lock only to delete them.
 func (hf *hostFlows) expire(now int64) int {
 	if hf.n.Load() == 0 {
+		return 0
+	}
+	var gone []flowKey
+	hf.mu.RLock()
+	for k, e := range hf.m {
+		if e.expired(k, now) {
+			gone = append(gone, k)
+		}
+	}
+	hf.mu.RUnlock()
+	if len(gone) == 0 {
 		return 0
 	}
 	hf.mu.Lock()
 	defer hf.mu.Unlock()
 	n := 0
-	for k, e := range hf.m {
-		idle := hostFlowIdle
-		switch {
-		case k.proto == ProtoTCP && e.closing.Load():
-			idle = hostFlowCloseIdle
-		case k.proto == ProtoTCP:
-			idle = hostFlowTCPIdle
-		}
-		if time.Duration(now-e.last.Load()) > idle {
+	for _, k := range gone {
+		// Traffic may have refreshed it since.
+		if e, ok := hf.m[k]; ok && e.expired(k, now) {
 			delete(hf.m, k)
 			n++
 		}
 	}
 	hf.n.Store(int64(len(hf.m)))
 	return n
+}
+
+// expired reports whether the flow k has been idle past its timeout.
+func (e *hostFlow) expired(k flowKey, now int64) bool {
+	idle := hostFlowIdle
+	switch {
+	case k.proto == ProtoTCP && e.closing.Load():
+		idle = hostFlowCloseIdle
+	case k.proto == ProtoTCP:
+		idle = hostFlowTCPIdle
+	}
+	return time.Duration(now-e.last.Load()) > idle
 }
 
 func (hf *hostFlows) len() int { return int(hf.n.Load()) }

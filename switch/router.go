@@ -50,6 +50,9 @@ type RouterConfig struct {
 	// HostMAC is the host port's MAC, the destination of frames sent back
 	// through the node.
 	HostMAC MAC
+	// Routes, if not nil, replace the route table in the same change, so
+	// no frame meets the router without them; nil keeps the table.
+	Routes []Route
 	// ICMPRate and ICMPBurst bound the ICMP errors sent, other than
 	// fragmentation needed and packet too big, which path MTU discovery
 	// depends on (default 1000 a second, burst 50, as Linux's
@@ -143,10 +146,19 @@ func (s *Switch) SetRouter(cfg RouterConfig) error {
 	if r.cfg.ICMPBurst <= 0 {
 		r.cfg.ICMPBurst = 50
 	}
+	cfg.Routes = slices.Clone(cfg.Routes)
+	for i := range cfg.Routes {
+		if err := s.checkRoute(&cfg.Routes[i]); err != nil {
+			return err
+		}
+	}
+	r.cfg.Routes = nil
 	s.rt.mu.Lock()
 	defer s.rt.mu.Unlock()
-	if old := s.rt.cur.Load(); old != nil {
+	if old := s.rt.cur.Load(); cfg.Routes == nil && old != nil {
 		r.routes = old.routes
+	} else {
+		r.routes = buildRoutes(cfg.Routes)
 	}
 	s.rt.icmp.set(r.cfg.ICMPRate, r.cfg.ICMPBurst, s.opts.Now())
 	s.rt.cur.Store(r)
@@ -165,10 +177,12 @@ type RouterStats struct {
 	// Fragments counts the IPv4 fragments made for next hops whose MTU
 	// was too small.
 	Fragments uint64
-	// HostFlows is how many flows return through the node now; the
-	// others count since start (see hostFlows).
+	// HostFlows is how many flows return through the node now (a UDP
+	// flow counts twice: it also records its address pair for later
+	// fragments); HostFlowsEvicted counts those a full table
+	// dropped for new ones (see hostFlows).
 	HostFlows        int
-	HostFlowsRefused uint64
+	HostFlowsEvicted uint64
 }
 
 // RouterStats returns the router's counters.
@@ -179,7 +193,7 @@ func (s *Switch) RouterStats() RouterStats {
 		NoRoute:          s.rt.noRoute.Load(),
 		Fragments:        s.rt.fragments.Load(),
 		HostFlows:        s.rt.flows.len(),
-		HostFlowsRefused: s.rt.flows.refused.Load(),
+		HostFlowsEvicted: s.rt.flows.evicted.Load(),
 	}
 	for k := range numICMPKinds {
 		st.ICMPSent[k.String()] = s.rt.icmpSent[k].Load()
@@ -243,20 +257,36 @@ func parseIP(f *Frame) (ipHeader, bool) {
 			return h, false
 		}
 		h = ipHeader{src: ip.Src(), dst: ip.Dst(), ttl: ip.TTL(), size: int(ip.TotalLen()), df: ip.DF()}
+		if gso {
+			h.size = segmentSize(ip.HeaderLen(), ip.Protocol(), ip.Payload(), f.Offload.GSOSize)
+		}
 	case EtherTypeIP6:
 		ip := IPv6(e.Payload())
 		if !ip.Valid(gso) {
 			return h, false
 		}
 		h = ipHeader{v6: true, src: ip.Src(), dst: ip.Dst(), ttl: ip.HopLimit(), size: IPv6HdrLen + int(ip.PayloadLen()), df: true}
+		if gso {
+			h.size = segmentSize(IPv6HdrLen, ip.NextHeader(), ip.Payload(), f.Offload.GSOSize)
+		}
 	default:
 		return h, false
 	}
-	if gso {
-		// Each segment carries the headers and GSOSize bytes.
-		h.size = int(f.Offload.HdrLen) - EtherHdrLen + int(f.Offload.GSOSize)
+	return h, h.size > 0
+}
+
+// segmentSize is the IP length of each segment of a super-frame: its IP
+// and transport headers, read from the packet (the offload's HdrLen is
+// only a hint, skb_headlen), and gsoSize bytes of payload. It returns 0
+// for a transport it cannot read, which the router does not take.
+func segmentSize(ipHdr int, proto uint8, l4 []byte, gsoSize uint16) int {
+	switch {
+	case proto == ProtoTCP && len(l4) >= 20:
+		return ipHdr + int(l4[12]>>4)*4 + int(gsoSize)
+	case proto == ProtoUDP && len(l4) >= 8:
+		return ipHdr + 8 + int(gsoSize)
 	}
-	return h, true
+	return 0
 }
 
 // routable reports whether the router forwards packets to dst at all:
@@ -278,28 +308,10 @@ func (s *Switch) route(t *portTable, in *portState, f *Frame, r *router, now int
 	if !ok || !routable(ip.dst) || r.own(ip.dst) {
 		return false
 	}
-	var (
-		out *portState
-		mac MAC
-		mtu int
-	)
-	if r.local(ip.dst) {
-		bd, ok := s.binds.lookup(ip.dst)
-		if !ok || bd.Port == r.cfg.Port {
-			s.rt.noRoute.Add(1)
-			s.sendICMP(in, f, ICMPHostUnreachable, 0, r, h)
-			return true
-		}
-		out, mac = t.byID[bd.Port], bd.MAC
-	} else {
-		rt, ok := r.routes.lookup(ip.dst)
-		if ok {
-			out, mac, mtu = t.byID[rt.Port], rt.NextHop, rt.MTU
-		}
-	}
+	out, mac, mtu, unreachable := s.nextHop(t, r, ip.dst)
 	if out == nil {
 		s.rt.noRoute.Add(1)
-		s.sendICMP(in, f, ICMPNetUnreachable, 0, r, h)
+		s.sendICMP(in, f, unreachable, 0, r, h)
 		return true
 	}
 	if out == in {
@@ -341,6 +353,24 @@ func (s *Switch) route(t *portTable, in *portState, f *Frame, r *router, now int
 	out.c.routed.Add(1)
 	s.send(out, f, h)
 	return true
+}
+
+// nextHop finds where a packet for dst goes: the port, the MAC to send
+// it to and the next hop's MTU (0: the port's). A local pod is found by
+// its binding, anything else by the routes. Without a next hop out is
+// nil and unreachable says which error to send.
+func (s *Switch) nextHop(t *portTable, r *router, dst netip.Addr) (out *portState, mac MAC, mtu int, unreachable ICMPKind) {
+	if r.local(dst) {
+		bd, ok := s.binds.lookup(dst)
+		if !ok || bd.Port == r.cfg.Port {
+			return nil, MAC{}, 0, ICMPHostUnreachable
+		}
+		return t.byID[bd.Port], bd.MAC, 0, ICMPHostUnreachable
+	}
+	if rt, ok := r.routes.lookup(dst); ok {
+		return t.byID[rt.Port], rt.NextHop, rt.MTU, ICMPNetUnreachable
+	}
+	return nil, MAC{}, 0, ICMPNetUnreachable
 }
 
 // fragment cuts f, an IPv4 packet without DF over the next hop's mtu,

@@ -333,6 +333,10 @@ func TestRouteGSO(t *testing.T) {
 			fr := vswitch.NewPool(vswitch.LargeBufSize).Get()
 			fr.SetLen(copy(fr.ReadBuf(0), f))
 			fr.Offload = p.offload()
+			// HdrLen is a hint (skb_headlen), which may count payload:
+			// the router reads the headers' length from the packet, or
+			// this 1400-byte MSS would look too big for the link.
+			fr.Offload.HdrLen += 200
 			ts.sw.Forward(ts.ids[rtPodA], []*vswitch.Frame{fr})
 			ts.settle()
 			got := ts.data(rtPodB)
@@ -613,7 +617,7 @@ func TestAddHostFlow(t *testing.T) {
 }
 
 // TestHostFlowsExpire: a flow without traffic leaves the table after its
-// idle time (a day for TCP; two minutes once a FIN passed; three minutes
+// idle time (a day for TCP; two minutes once a FIN passed; 30 seconds
 // for UDP).
 func TestHostFlowsExpire(t *testing.T) {
 	var mu sync.Mutex
@@ -642,11 +646,55 @@ func TestHostFlowsExpire(t *testing.T) {
 			return ""
 		})
 	}
-	wantFlows(3)
-	advance(2*time.Minute + 5*time.Second) // past the closed TCP flow's idle time
+	wantFlows(4)              // the UDP flow's address pair too
+	advance(35 * time.Second) // past UDP's idle time
 	wantFlows(2)
-	advance(2 * time.Minute) // past UDP's
+	advance(2 * time.Minute) // past the closed TCP flow's
 	wantFlows(1)
 	advance(24 * time.Hour)
 	wantFlows(0)
+}
+
+// TestHostFlowsFragments: both fragments of a UDP reply of a recorded
+// flow return through the node, the later one, without ports, by the
+// flow's address pair.
+func TestHostFlowsFragments(t *testing.T) {
+	ts := routerSwitch(t, vswitch.Options{}, vswitch.RouterConfig{})
+	ts.inject(rtHost, ipFrame(hostMAC(rtPodB), hostMAC(rtHost), rtA4, rtB4, 63, vswitch.ProtoUDP, false, l4UDP(40000, 53, []byte("q"))))
+	ts.settle()
+	first := ipFrame(hostMAC(rtPodA), hostMAC(rtPodB), rtB4, rtA4, 64, vswitch.ProtoUDP, false, l4UDP(53, 40000, make([]byte, 64)))
+	later := ipFrame(hostMAC(rtPodA), hostMAC(rtPodB), rtB4, rtA4, 64, vswitch.ProtoUDP, false, make([]byte, 40))
+	for _, f := range [][]byte{first, later} {
+		ip := vswitch.IPv4(vswitch.Ether(f).Payload())
+		if bytes.Equal(f, first) {
+			binary.BigEndian.PutUint16(ip[6:8], 0x2000) // MF, offset 0
+		} else {
+			binary.BigEndian.PutUint16(ip[6:8], 9) // offset 72 bytes
+		}
+		ip.SetChecksum(ip.HeaderChecksum())
+	}
+	ts.inject(rtPodB, first, later)
+	ts.settle()
+	if got := ts.data(rtHost); len(got) != 2 {
+		t.Errorf("host port got %s, want both fragments", describe(got))
+	}
+	if got := ts.data(rtPodA); len(got) != 0 {
+		t.Errorf("pod A got %s, want nothing", describe(got))
+	}
+}
+
+// TestHostFlowsEvict: a full table makes room for a new flow by dropping
+// an idle one.
+func TestHostFlowsEvict(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills the table: 65,536 flows")
+	}
+	ts := routerSwitch(t, vswitch.Options{}, vswitch.RouterConfig{})
+	for i := range 65536 + 8 {
+		ts.sw.AddHostFlow(rtB4, rtA4, vswitch.ProtoTCP, uint16(i), uint16(i>>16)+1)
+	}
+	st := ts.sw.RouterStats()
+	if st.HostFlows != 65536 || st.HostFlowsEvicted != 8 {
+		t.Errorf("RouterStats() HostFlows %d evicted %d, want 65536 and 8", st.HostFlows, st.HostFlowsEvicted)
+	}
 }

@@ -49,7 +49,8 @@ func (rt *routeTable) lookup(dst netip.Addr) (Route, bool) {
 	return Route{}, false
 }
 
-// build makes a table of routes.
+// buildRoutes makes a table of routes; a later route for a prefix
+// replaces an earlier one.
 func buildRoutes(routes []Route) routeTable {
 	var rt routeTable
 	for _, r := range routes {
@@ -90,6 +91,17 @@ func (rt *routeTable) list() []Route {
 
 // SetRoute adds route, or replaces the route for the same prefix.
 func (s *Switch) SetRoute(route Route) error {
+	if err := s.checkRoute(&route); err != nil {
+		return err
+	}
+	return s.changeRoutes(func(routes []Route) []Route {
+		routes = slices.DeleteFunc(routes, func(r Route) bool { return r.Prefix == route.Prefix })
+		return append(routes, route)
+	})
+}
+
+// checkRoute checks route and masks its prefix.
+func (s *Switch) checkRoute(route *Route) error {
 	if !route.Prefix.IsValid() || route.Prefix.Addr().Is4In6() || route.Prefix.Addr().Zone() != "" {
 		return fmt.Errorf("vswitch: route prefix %v is not valid", route.Prefix)
 	}
@@ -111,10 +123,7 @@ func (s *Switch) SetRoute(route Route) error {
 	if route.MTU != 0 && route.MTU < least {
 		return fmt.Errorf("vswitch: route %v: mtu %d is below %d", route.Prefix, route.MTU, least)
 	}
-	return s.changeRoutes(func(routes []Route) []Route {
-		routes = slices.DeleteFunc(routes, func(r Route) bool { return r.Prefix == route.Prefix })
-		return append(routes, route)
-	})
+	return nil
 }
 
 // DeleteRoute removes the route for prefix and reports whether there was
