@@ -90,6 +90,21 @@ func (c Config) validate() error {
 	return errors.Join(errs...)
 }
 
+// CheckHostPort says whether c can take h as one more hostPort: nil, or
+// an error wrapping ErrInvalidConfig that says why not (h itself, or a
+// hostPort of c listening where h would).
+func (c Config) CheckHostPort(h HostPort) error {
+	if msg := c.checkHostPort(h); msg != "" {
+		return fmt.Errorf("%w: hostPort %s: %s", ErrInvalidConfig, h, msg)
+	}
+	for _, prev := range c.HostPorts {
+		if overlap(prev, h) {
+			return fmt.Errorf("%w: hostPort %s: listens where hostPort %s does", ErrInvalidConfig, h, prev)
+		}
+	}
+	return nil
+}
+
 // checkHostPort returns what is wrong with h, or "".
 func (c Config) checkHostPort(h HostPort) string {
 	l, t := h.Listen.Addr(), h.Target.Addr()

@@ -74,10 +74,10 @@ add chain inet tapswitch prerouting { type nat hook prerouting priority -100 ; }
 add rule inet tapswitch localnet_guard iifname "tsw0" ip daddr 127.0.0.0/8 drop comment "drop loopback destinations from the host port"
 add rule inet tapswitch localnet_guard iifname "tsw0" ip saddr 127.0.0.0/8 drop comment "drop loopback sources from the host port"
 add rule inet tapswitch output meta nfproto ipv4 fib daddr type local tcp dport 8080 dnat ip to 10.244.1.5:80 comment "hostPort tcp 0.0.0.0:8080 to 10.244.1.5:80"
-add rule inet tapswitch output ip daddr 192.168.1.10 udp dport 5353 dnat ip to 10.244.1.5:53 comment "hostPort udp 192.168.1.10:5353 to 10.244.1.5:53"
+add rule inet tapswitch output ip daddr 192.168.1.10 fib daddr type local udp dport 5353 dnat ip to 10.244.1.5:53 comment "hostPort udp 192.168.1.10:5353 to 10.244.1.5:53"
 add rule inet tapswitch output ip daddr 127.0.0.1 tcp dport 9090 dnat ip to 10.244.1.6:9000 comment "hostPort tcp 127.0.0.1:9090 to 10.244.1.6:9000"
 add rule inet tapswitch output ip6 daddr != ::1 fib daddr type local tcp dport 8080 dnat ip6 to [fd00:10:244:1::5]:80 comment "hostPort tcp [::]:8080 to [fd00:10:244:1::5]:80"
-add rule inet tapswitch output ip6 daddr 2001:db8::10 udp dport 5353 dnat ip6 to [fd00:10:244:1::5]:53 comment "hostPort udp [2001:db8::10]:5353 to [fd00:10:244:1::5]:53"
+add rule inet tapswitch output ip6 daddr 2001:db8::10 fib daddr type local udp dport 5353 dnat ip6 to [fd00:10:244:1::5]:53 comment "hostPort udp [2001:db8::10]:5353 to [fd00:10:244:1::5]:53"
 add rule inet tapswitch postrouting ip saddr 10.244.1.0/24 ip daddr != { 10.244.0.0/16, 10.250.0.0/16 } masquerade comment "masquerade 10.244.1.0/24 leaving the cluster"
 add rule inet tapswitch postrouting ip6 saddr fd00:10:244:1::/64 ip6 daddr != fd00:10:244::/48 masquerade comment "masquerade fd00:10:244:1::/64 leaving the cluster"
 add rule inet tapswitch postrouting ip saddr 10.244.1.5 ip daddr 10.244.1.5 tcp dport 80 masquerade comment "hairpin tcp 10.244.1.5:80"
@@ -86,9 +86,9 @@ add rule inet tapswitch postrouting ip6 saddr fd00:10:244:1::5 ip6 daddr fd00:10
 add rule inet tapswitch postrouting ip6 saddr fd00:10:244:1::5 ip6 daddr fd00:10:244:1::5 udp dport 53 masquerade comment "hairpin udp [fd00:10:244:1::5]:53"
 add rule inet tapswitch postrouting ip saddr 127.0.0.0/8 oifname "tsw0" masquerade comment "masquerade node loopback to hostPorts"
 add rule inet tapswitch prerouting meta nfproto ipv4 fib daddr type local tcp dport 8080 dnat ip to 10.244.1.5:80 comment "hostPort tcp 0.0.0.0:8080 to 10.244.1.5:80"
-add rule inet tapswitch prerouting ip daddr 192.168.1.10 udp dport 5353 dnat ip to 10.244.1.5:53 comment "hostPort udp 192.168.1.10:5353 to 10.244.1.5:53"
+add rule inet tapswitch prerouting ip daddr 192.168.1.10 fib daddr type local udp dport 5353 dnat ip to 10.244.1.5:53 comment "hostPort udp 192.168.1.10:5353 to 10.244.1.5:53"
 add rule inet tapswitch prerouting ip6 daddr != ::1 fib daddr type local tcp dport 8080 dnat ip6 to [fd00:10:244:1::5]:80 comment "hostPort tcp [::]:8080 to [fd00:10:244:1::5]:80"
-add rule inet tapswitch prerouting ip6 daddr 2001:db8::10 udp dport 5353 dnat ip6 to [fd00:10:244:1::5]:53 comment "hostPort udp [2001:db8::10]:5353 to [fd00:10:244:1::5]:53"
+add rule inet tapswitch prerouting ip6 daddr 2001:db8::10 fib daddr type local udp dport 5353 dnat ip6 to [fd00:10:244:1::5]:53 comment "hostPort udp [2001:db8::10]:5353 to [fd00:10:244:1::5]:53"
 `
 
 func TestSyncDualStack(t *testing.T) {

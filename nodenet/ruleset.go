@@ -113,7 +113,10 @@ func ruleset(cfg Config) []*knftables.Rule {
 // do. fib carries no family, and a dnat to an address of the other family
 // must not see the packet, so nfproto says which. For IPv6, ::1 is left
 // out (and so is a connection to [::1]:port, which then gets the node's
-// own answer rather than a DNAT Linux cannot route).
+// own answer rather than a DNAT Linux cannot route). A specific address
+// must be the node's too: a hostIP the node does not have would otherwise
+// capture every connection through the node to that address (a pod's to
+// 8.8.8.8:53, say), as portmap's --dst-type LOCAL prevents.
 func listenMatch(a netip.Addr) (match string, prerouting bool) {
 	switch {
 	case a.IsUnspecified() && a.Is4():
@@ -123,7 +126,7 @@ func listenMatch(a netip.Addr) (match string, prerouting bool) {
 	case a.IsLoopback():
 		return knftables.Concat(ipKeyword(a), "daddr", a), false
 	}
-	return knftables.Concat(ipKeyword(a), "daddr", a), true
+	return knftables.Concat(ipKeyword(a), "daddr", a, "fib daddr type local"), true
 }
 
 // ipKeyword returns nft's name for a's family in matches and in dnat:
