@@ -92,7 +92,7 @@ func (d *Daemon) Stats() api.Stats {
 		r := d.sw.RouterStats()
 		st.Router = &api.RouterStats{
 			ICMPSent: r.ICMPSent, ICMPRateLimited: r.ICMPRateLimited, NoRoute: r.NoRoute,
-			Fragments: r.Fragments, HostFlows: r.HostFlows, HostFlowsRefused: r.HostFlowsRefused,
+			Fragments: r.Fragments, HostFlows: r.HostFlows, HostFlowsEvicted: r.HostFlowsEvicted,
 		}
 	}
 	return st

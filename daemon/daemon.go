@@ -199,6 +199,9 @@ func New(opts Options) (*Daemon, error) {
 		d.closeStores()
 		return nil, err
 	}
+	if opts.Egress == EgressProxy && opts.HostPort != "" {
+		d.removeLeftoverRules()
+	}
 	if opts.Egress == EgressRoute {
 		if err := d.startRouting(); err != nil {
 			if serr := d.stopRouting(); serr != nil {

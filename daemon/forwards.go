@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -132,8 +133,10 @@ func (d *Daemon) AddForward(req api.ForwardRequest) (api.Forward, error) {
 		return api.Forward{}, err
 	}
 	d.forwards[key] = f
-	// Route mode: the forward is a DNAT in the node's table. A sync that
-	// fails leaves the table as it was (nft applies it whole or not).
+	// Route mode: the forward is a DNAT in the node's table. nft applies
+	// a sync whole or not at all; one that failed after it applied (its
+	// read-back, or a timeout) is marked stale, and rulesLoop writes the
+	// table again without this forward within its period.
 	if err := d.syncRulesLocked(); err != nil {
 		delete(d.forwards, key)
 		f.close()
@@ -190,6 +193,14 @@ func (d *Daemon) Forwards() []api.Forward {
 		out = append(out, f.fw)
 	}
 	slices.SortFunc(out, compareForwards)
+	return out
+}
+
+// sortedForwardsLocked returns the forwarders in the order of
+// compareForwards.
+func (d *Daemon) sortedForwardsLocked() []*forwarder {
+	out := slices.Collect(maps.Values(d.forwards))
+	slices.SortFunc(out, func(a, b *forwarder) int { return compareForwards(a.fw, b.fw) })
 	return out
 }
 
@@ -257,10 +268,16 @@ func (d *Daemon) restoreForwardsLocked(saved []api.Forward) error {
 		fw.Target, fw.Error = target, ""
 		d.forwards[key] = d.newForwarder(fw)
 	}
+	if d.opts.Egress == EgressRoute {
+		d.checkRestoredForwardsLocked()
+	}
 	if err := d.saveLocked(); err != nil {
 		return err
 	}
 	for _, f := range d.forwards {
+		if f.fw.Error != "" {
+			continue // not for the node's table (checkRestoredForwardsLocked)
+		}
 		if err := f.start(); err != nil {
 			f.fw.Error = err.Error()
 			f.log.Error("listen on restored forward; it stays listed, not listening, until deleted", "err", err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"tapswitch/daemon/api"
 	"tapswitch/nodenet"
 	vswitch "tapswitch/switch"
 )
@@ -98,22 +99,25 @@ func (d *Daemon) startRouting() error {
 	if err != nil {
 		return err
 	}
-	err = d.sw.SetRouter(vswitch.RouterConfig{
-		MAC: gatewayMAC(), Port: d.gwPortID, Addrs: d.gatewayAddrs(),
-		HostPort: d.hostPortID, HostMAC: hostPortMAC(),
-	})
-	if err != nil {
-		return err
-	}
-	d.seedHostFlows()
+	// The default routes come with the router, so no frame meets it
+	// without them.
+	var routes []vswitch.Route
 	for _, c := range d.cidrs() {
 		def := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		if c.Addr().Is6() {
 			def = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
-		if err := d.sw.SetRoute(vswitch.Route{Prefix: def, Port: d.hostPortID, NextHop: hostPortMAC()}); err != nil {
-			return err
-		}
+		routes = append(routes, vswitch.Route{Prefix: def, Port: d.hostPortID, NextHop: hostPortMAC()})
+	}
+	// Before the router: replies of flows through the node must not
+	// reach a client straight meanwhile.
+	d.seedHostFlows()
+	err = d.sw.SetRouter(vswitch.RouterConfig{
+		MAC: gatewayMAC(), Port: d.gwPortID, Addrs: d.gatewayAddrs(),
+		HostPort: d.hostPortID, HostMAC: hostPortMAC(), Routes: routes,
+	})
+	if err != nil {
+		return err
 	}
 	d.rulesDone = make(chan struct{})
 	d.rulesStop = make(chan struct{})
@@ -130,13 +134,57 @@ func (d *Daemon) clusterCIDRs() []netip.Prefix {
 	return d.cidrs()
 }
 
-// rulesConfigLocked is what the node's table should hold now.
+// rulesConfigLocked is what the node's table should hold now: the
+// forwards, but those restore found the table cannot take (Error set).
 func (d *Daemon) rulesConfigLocked() nodenet.Config {
 	cfg := nodenet.Config{HostPort: d.opts.HostPort, PodCIDRs: d.cidrs(), ClusterCIDRs: d.clusterCIDRs()}
-	for _, fw := range d.savedForwardsLocked() {
-		cfg.HostPorts = append(cfg.HostPorts, nodenet.HostPort{Proto: fw.Proto, Listen: fw.Listen, Target: fw.Target})
+	for _, f := range d.sortedForwardsLocked() {
+		if f.fw.Error == "" {
+			cfg.HostPorts = append(cfg.HostPorts, hostPortOf(f.fw))
+		}
 	}
 	return cfg
+}
+
+func hostPortOf(fw api.Forward) nodenet.HostPort {
+	return nodenet.HostPort{Proto: fw.Proto, Listen: fw.Listen, Target: fw.Target}
+}
+
+// checkRestoredForwardsLocked marks the restored forwards the node's
+// table cannot take — saved by a daemon in proxy mode, such as one on
+// [::1], which Linux cannot DNAT — with the reason in their Error, so
+// they stay listed, out of the table, until deleted, rather than stop the
+// daemon from starting.
+func (d *Daemon) checkRestoredForwardsLocked() {
+	cfg := nodenet.Config{HostPort: d.opts.HostPort, PodCIDRs: d.cidrs(), ClusterCIDRs: d.clusterCIDRs()}
+	for _, f := range d.sortedForwardsLocked() {
+		hp := hostPortOf(f.fw)
+		if err := cfg.CheckHostPort(hp); err != nil {
+			f.fw.Error = err.Error()
+			f.log.Error("restored forward cannot be a DNAT in route mode; it stays listed, not applied, until deleted", "err", err)
+			continue
+		}
+		cfg.HostPorts = append(cfg.HostPorts, hp)
+	}
+}
+
+// removeLeftoverRules removes a route-mode table a daemon left in this
+// namespace (--keep-rules, or a SIGKILL) when this one runs in proxy
+// mode: its DNATs would take the connections the forwards listen for,
+// and its masquerade is not wanted. Proxy mode is for nodes where the
+// daemon may not touch the firewall, so not being able to look is no
+// error.
+func (d *Daemon) removeLeftoverRules() {
+	rules, err := nodenet.New(nodenet.Options{Table: d.opts.RulesTable, Logger: d.log})
+	if err != nil {
+		d.log.Debug("no nftables here to look for a route-mode table in", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rulesTimeout)
+	defer cancel()
+	if err := rules.Delete(ctx); err != nil {
+		d.log.Warn("remove a route-mode nftables table left by an earlier daemon", "err", err)
+	}
 }
 
 // syncRulesLocked writes the node's table as the forwards say (route mode;

@@ -336,15 +336,7 @@ func TestEgressTCPHalfClose(t *testing.T) {
 	// The pod finishes sending first; the world answers after reading
 	// to the end.
 	podFirst := nsListen(t, w.ns, "tcp", ":0")
-	serveConns(t, podFirst, func(c net.Conn) error {
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
-		return err
-	})
+	serveSum(t, podFirst)
 	// The world finishes sending first; the pod answers after reading
 	// to the end, and the world reports what it got.
 	worldFirst := nsListen(t, w.ns, "tcp", ":0")

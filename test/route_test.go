@@ -934,3 +934,60 @@ func ruleHandle(t *testing.T, node, what string) (chain, handle string) {
 	t.Fatalf("no rule with %q in the daemon's table:\n%s", what, out)
 	return "", ""
 }
+
+// TestRouteModeSwitch restarts a node's daemon from one egress mode into
+// the other with the same state. Proxy to route: a forward on [::1],
+// which proxy mode serves and Linux cannot DNAT, stays listed with the
+// reason and out of the table, and the daemon starts with the others in
+// it. Route to proxy: the table a route-mode daemon left (--keep-rules)
+// is removed, so its DNATs do not take the proxy's connections.
+func TestRouteModeSwitch(t *testing.T) {
+	testutil.RequireRoot(t)
+	node := testutil.NewNetNS(t)
+	ipCmd(t, "-n", filepath.Base(node), "link", "set", "lo", "up")
+	flags := routeFlags(81)
+	d := startDaemonIn(t, node, "", append(flags, "--egress", "proxy")...)
+	p := routePod(t, d, "switch-web")
+	for _, listen := range []string{"[::1]:18081", "0.0.0.0:18082"} {
+		if out, err := d.ctl("forward add", "--listen", listen, "--pod", p.ID, "--port", "8080"); err != nil {
+			t.Fatalf("forward add %s: %v: %s", listen, err, out)
+		}
+	}
+	d.stop(t)
+
+	d = startDaemonIn(t, node, d.stateDir, append(flags, "--keep-rules")...)
+	fws := forwardList(t, d)
+	for _, fw := range fws {
+		switch fw.Listen.String() {
+		case "[::1]:18081":
+			if fw.Via != "dnat" || !strings.Contains(fw.Error, "loopback") {
+				t.Errorf("forward %s after the switch to route mode: via %q, error %q; want dnat and why ::1 cannot be one", fw.Listen, fw.Via, fw.Error)
+			}
+		case "0.0.0.0:18082":
+			if fw.Error != "" {
+				t.Errorf("forward %s after the switch to route mode: error %q, want none", fw.Listen, fw.Error)
+			}
+		}
+	}
+	if len(fws) != 2 {
+		t.Errorf("forwards after the switch to route mode = %+v, want both listed", fws)
+	}
+	table, ok := nodeTable(t, node)
+	if !ok || !strings.Contains(table, "dport 18082") || strings.Contains(table, "18081") {
+		t.Errorf("the node's table after the switch to route mode has the DNAT for 18082 and none for 18081? it is:\n%s", table)
+	}
+	d.stop(t)
+	if _, ok := nodeTable(t, node); !ok {
+		t.Fatal("--keep-rules: the table is gone after SIGTERM")
+	}
+
+	d = startDaemonIn(t, node, d.stateDir, append(flags, "--egress", "proxy")...)
+	if table, ok := nodeTable(t, node); ok {
+		t.Errorf("a daemon in proxy mode left the route-mode table in place:\n%s", table)
+	}
+	for _, fw := range forwardList(t, d) {
+		if fw.Via != "proxy" || fw.Error != "" {
+			t.Errorf("forward %s back in proxy mode: via %q, error %q; want proxy and no error", fw.Listen, fw.Via, fw.Error)
+		}
+	}
+}

@@ -159,8 +159,8 @@ func statsCmd(fs *flag.FlagSet) runFunc {
 		}
 		fmt.Fprintf(out.w, "%d pods, %d fdb entries, egress %s\n", st.Pods, st.FDBEntries, st.Egress)
 		if r := st.Router; r != nil {
-			fmt.Fprintf(out.w, "router: icmp errors sent %s (rate-limited %d), no route %d, fragments %d, flows returning through the node %d (refused %d)\n",
-				drops(r.ICMPSent), r.ICMPRateLimited, r.NoRoute, r.Fragments, r.HostFlows, r.HostFlowsRefused)
+			fmt.Fprintf(out.w, "router: icmp errors sent %s (rate-limited %d), no route %d, fragments %d, flows returning through the node %d (evicted %d)\n",
+				drops(r.ICMPSent), r.ICMPRateLimited, r.NoRoute, r.Fragments, r.HostFlows, r.HostFlowsEvicted)
 		}
 		return nil
 	}

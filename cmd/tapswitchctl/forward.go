@@ -70,6 +70,8 @@ func printForwards(out output, fws []api.Forward) error {
 	for _, f := range fws {
 		status := "listening"
 		switch {
+		case f.Error != "" && f.Via == "dnat":
+			status = "not in the node's table: " + f.Error
 		case f.Error != "":
 			status = "not listening: " + f.Error
 		case f.Via == "dnat":

@@ -99,10 +99,11 @@ type RouterStats struct {
 	NoRoute         uint64            `json:"no_route"`
 	Fragments       uint64            `json:"fragments"`
 	// HostFlows are the flows the node forwarded between two local pods,
-	// whose replies return through it; HostFlowsRefused the ones not
-	// recorded for the table's bound.
+	// whose replies return through it (a UDP flow counts twice: its
+	// address pair is recorded for later IPv4 fragments);
+	// HostFlowsEvicted the ones a full table dropped for new ones.
 	HostFlows        int    `json:"host_flows"`
-	HostFlowsRefused uint64 `json:"host_flows_refused"`
+	HostFlowsEvicted uint64 `json:"host_flows_evicted"`
 }
 
 // Status is the answer of GET /v1/status: whether the daemon can attach
