@@ -129,49 +129,11 @@ const (
 // New validates opts, loads the saved pods, re-attaches their TAPs and
 // returns a daemon that is not yet serving.
 func New(opts Options) (*Daemon, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.StateDir == "" {
-		opts.StateDir = DefaultStateDir
-	}
-	if opts.Socket == "" {
-		opts.Socket = api.DefaultSocket
-	}
-	if opts.MTU == 0 {
-		opts.MTU = DefaultMTU
-	}
-	if opts.MTU < 576 || opts.MTU > 9000 {
-		return nil, fmt.Errorf("mtu %d: want 576 to 9000", opts.MTU)
-	}
-	if opts.Queues == 0 {
-		opts.Queues = min(runtime.NumCPU(), 4)
-	}
-	if opts.Queues < 1 || opts.Queues > 16 {
-		return nil, fmt.Errorf("queues %d: want 1 to 16", opts.Queues)
-	}
-	if opts.Egress == "" {
-		opts.Egress = EgressRoute
-	}
-	if _, err := ParseEgressMode(string(opts.Egress)); err != nil {
-		return nil, fmt.Errorf("egress: %w", err)
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
 	}
 	d := &Daemon{opts: opts, log: opts.Logger, pods: make(map[string]*podEntry), forwards: make(map[forwardKey]*forwarder)}
 	var err error
-	if !opts.PodCIDR.Addr().Is4() {
-		return nil, fmt.Errorf("pod cidr %q: want an IPv4 cidr", opts.PodCIDR)
-	}
-	if opts.PodCIDR6.IsValid() && (!opts.PodCIDR6.Addr().Is6() || opts.PodCIDR6.Addr().Is4In6()) {
-		return nil, fmt.Errorf("pod cidr6 %s: want an IPv6 cidr", opts.PodCIDR6)
-	}
-	if len(opts.ClusterCIDRs) > 0 {
-		if err := CheckClusterCIDRs(d.cidrs(), opts.ClusterCIDRs); err != nil {
-			return nil, err
-		}
-	}
-	if opts.Egress == EgressRoute && opts.HostPort == "" {
-		return nil, errors.New("route mode needs the host port (no host port goes with proxy mode)")
-	}
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
@@ -212,6 +174,56 @@ func New(opts Options) (*Daemon, error) {
 		}
 	}
 	return d, nil
+}
+
+// setDefaults fills in the defaults of o and checks it.
+func (o *Options) setDefaults() error {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultStateDir
+	}
+	if o.Socket == "" {
+		o.Socket = api.DefaultSocket
+	}
+	if o.MTU == 0 {
+		o.MTU = DefaultMTU
+	}
+	if o.MTU < 576 || o.MTU > 9000 {
+		return fmt.Errorf("mtu %d: want 576 to 9000", o.MTU)
+	}
+	if o.Queues == 0 {
+		o.Queues = min(runtime.NumCPU(), 4)
+	}
+	if o.Queues < 1 || o.Queues > 16 {
+		return fmt.Errorf("queues %d: want 1 to 16", o.Queues)
+	}
+	if o.Egress == "" {
+		o.Egress = EgressRoute
+	}
+	if _, err := ParseEgressMode(string(o.Egress)); err != nil {
+		return fmt.Errorf("egress: %w", err)
+	}
+	if !o.PodCIDR.Addr().Is4() {
+		return fmt.Errorf("pod cidr %q: want an IPv4 cidr", o.PodCIDR)
+	}
+	pods := []netip.Prefix{o.PodCIDR}
+	if o.PodCIDR6.IsValid() {
+		if !o.PodCIDR6.Addr().Is6() || o.PodCIDR6.Addr().Is4In6() {
+			return fmt.Errorf("pod cidr6 %s: want an IPv6 cidr", o.PodCIDR6)
+		}
+		pods = append(pods, o.PodCIDR6)
+	}
+	if len(o.ClusterCIDRs) > 0 {
+		if err := CheckClusterCIDRs(pods, o.ClusterCIDRs); err != nil {
+			return err
+		}
+	}
+	if o.Egress == EgressRoute && o.HostPort == "" {
+		return errors.New("route mode needs the host port (no host port goes with proxy mode)")
+	}
+	return nil
 }
 
 // Serve listens on the unix socket and serves the API until ctx is done,
