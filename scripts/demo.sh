@@ -152,7 +152,6 @@ echo "pod b's server saw the client as: $(grep -o '^[0-9.]* ' "$tmp/podb.log" | 
 
 step "a hostPort: node port 18080 -> pod b port 8000, a DNAT in the node's table; the world connects to the node's address"
 ctl forward add --listen 0.0.0.0:18080 --pod demo-b --port 8000
-ctl forward list
 ip netns exec "$(ns world)" curl -sS http://198.18.0.1:18080/hello
 echo "pod b's server saw the client as: $(grep -o '^[0-9.]* ' "$tmp/podb.log" | tail -1)(the world's own address)"
 
