@@ -571,16 +571,7 @@ func TestRoutePMTU(t *testing.T) {
 				t.Fatalf("before the transfer the pod's path MTU to %s is %d, want its own 9000", dst.Addr(), m)
 			}
 			start := time.Now()
-			if _, err := c.Write(msg); err != nil {
-				t.Fatalf("write 4 MiB to %s: %v", dst, err)
-			}
-			if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(c)
-			if want := fmt.Sprintf("%d %x", len(msg), sha256.Sum256(msg)); err != nil || string(got) != want {
-				t.Fatalf("the world read %q (%v), want %q", got, err, want)
-			}
+			sendSummed(t, c, msg)
 			t.Logf("4 MiB to %s in %v", dst, time.Since(start).Round(time.Millisecond))
 			sockMTU := socketMTU(t, c.(*net.TCPConn), src.Is6())
 			route := ipNetnsOutput(t, p.ns, "ip", "route", "get", dst.Addr().String())
@@ -588,6 +579,22 @@ func TestRoutePMTU(t *testing.T) {
 				t.Errorf("after the transfer the pod's path MTU to %s is %d (socket), route:\n%s\nwant 1500 from the node's ICMP error", dst.Addr(), sockMTU, route)
 			}
 		})
+	}
+}
+
+// sendSummed sends msg on c, a connection to a serveSum server, closes
+// its side and checks the server's count and SHA-256 of what it read.
+func sendSummed(t *testing.T, c net.Conn, msg []byte) {
+	t.Helper()
+	if _, err := c.Write(msg); err != nil {
+		t.Fatalf("write %d bytes to %s: %v", len(msg), c.RemoteAddr(), err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if want := fmt.Sprintf("%d %x", len(msg), sha256.Sum256(msg)); err != nil || string(got) != want {
+		t.Fatalf("%s read %q (%v), want %q", c.RemoteAddr(), got, err, want)
 	}
 }
 

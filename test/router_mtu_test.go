@@ -1,9 +1,6 @@
 package test
 
 import (
-	"crypto/sha256"
-	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -107,16 +104,7 @@ func TestRouterPathMTU(t *testing.T) {
 			c := mustDial(t, nsDialer(podNS), dst)
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(time.Minute))
-			if _, err := c.Write(msg); err != nil {
-				t.Fatalf("write 4 MiB to %s: %v", dst, err)
-			}
-			if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(c)
-			if want := fmt.Sprintf("%d %x", len(msg), sha256.Sum256(msg)); err != nil || string(got) != want {
-				t.Fatalf("the far host read %q (%v), want %q", got, err, want)
-			}
+			sendSummed(t, c, msg)
 			if m := socketMTU(t, c.(*net.TCPConn), i == 1); m != 1300 {
 				t.Errorf("after the transfer the pod's path MTU to %s is %d, want 1300 from the router's error", dstAddr, m)
 			}
