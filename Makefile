@@ -38,7 +38,7 @@ FORCE    ?=
 SYSTEMD  ?=
 BIN     := bin
 # Packages with goroutines of their own run under the race detector.
-UNIT    := ./switch/... ./tap/... ./netstack/... ./ipam/... ./nodenet/... ./daemon/... ./cni/... ./internal/... ./cmd/...
+UNIT    := ./switch/... ./tap/... ./netstack/... ./ipam/... ./nodenet/... ./overlay/... ./daemon/... ./cni/... ./internal/... ./cmd/...
 
 .PHONY: all build test demo deps cni-tools install clean fuzz bench bench-short bench-scale help
 
@@ -69,6 +69,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeVnetHdr -fuzztime 60s ./tap/
 	$(GO) test -run '^$$' -fuzz FuzzParseReserve -fuzztime 60s ./ipam/
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./ipam/
+	$(GO) test -run '^$$' -fuzz FuzzCheckPacket -fuzztime 60s ./overlay/
+	$(GO) test -run '^$$' -fuzz FuzzWriteICMPError -fuzztime 60s ./switch/
 
 # The main job on embedded defaults: daemon, pods, traffic, figures,
 # clean-up (also on Ctrl-C and on failure).

@@ -53,6 +53,22 @@ func (d *Daemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.Stats())
 	})
+	mux.HandleFunc("GET /v1/node", func(w http.ResponseWriter, r *http.Request) {
+		n, err := d.Node()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, n)
+	})
+	mux.HandleFunc("GET /v1/peers", func(w http.ResponseWriter, r *http.Request) {
+		ps, err := d.Peers()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ps)
+	})
 	mux.HandleFunc("GET /v1/forwards", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.Forwards())
 	})

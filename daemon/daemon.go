@@ -64,6 +64,16 @@ type Options struct {
 	ClusterCIDRs []netip.Prefix
 	// KeepRules leaves the node's nftables table in place on Close.
 	KeepRules bool
+	// Peers is the peers file of the overlay (overlay.go); empty: no
+	// overlay. NodeName names this node in it (default: the host name),
+	// Underlay is the address or interface VXLAN runs over (default: the
+	// default route's), VXLANPort and VNI default to flannel's 8472 and
+	// 1. Without an MTU, pods get the underlay's less VXLAN's overhead.
+	Peers     string
+	NodeName  string
+	Underlay  string
+	VXLANPort int
+	VNI       uint32
 	// RulesTable names that table (default "tapswitch"), RulesCheck how
 	// often it is checked for changes (default 10s).
 	RulesTable string
@@ -99,6 +109,8 @@ type Daemon struct {
 	rulesDone  chan struct{}
 	rulesStale bool
 
+	ovl *overlayState // the overlay (overlay.go); nil without --peers
+
 	mu       sync.Mutex // guards pods, forwards
 	pods     map[string]*podEntry
 	ipam     *ipam.Allocator           // pods' addresses, on disk in StateDir/ipam.db
@@ -129,6 +141,16 @@ const (
 // New validates opts, loads the saved pods, re-attaches their TAPs and
 // returns a daemon that is not yet serving.
 func New(opts Options) (*Daemon, error) {
+	var under underlay
+	if opts.Peers != "" {
+		var err error
+		if under, err = resolveUnderlay(opts.Underlay); err != nil {
+			return nil, err
+		}
+		if opts.MTU == 0 {
+			opts.MTU = under.mtu - vxlanOverhead(under.addr)
+		}
+	}
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -173,6 +195,16 @@ func New(opts Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
+	if opts.Peers != "" {
+		if err := d.startOverlay(under); err != nil {
+			d.stopOverlay()
+			if serr := d.stopRouting(); serr != nil {
+				d.log.Error("undo route mode", "err", serr)
+			}
+			d.closeStores()
+			return nil, err
+		}
+	}
 	return d, nil
 }
 
@@ -201,6 +233,27 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Egress == "" {
 		o.Egress = EgressRoute
+	}
+	if o.Peers != "" {
+		if o.NodeName == "" {
+			name, err := os.Hostname()
+			if err != nil {
+				return fmt.Errorf("node name: %w (give --node-name)", err)
+			}
+			o.NodeName = name
+		}
+		if o.VXLANPort == 0 {
+			o.VXLANPort = DefaultVXLANPort
+		}
+		if o.VXLANPort < 1 || o.VXLANPort > 65535 {
+			return fmt.Errorf("vxlan port %d: want 1 to 65535", o.VXLANPort)
+		}
+		if o.VNI == 0 {
+			o.VNI = DefaultVNI
+		}
+		if o.VNI >= 1<<24 {
+			return fmt.Errorf("vni %d: want 1 to %d (24 bits)", o.VNI, 1<<24-1)
+		}
 	}
 	if _, err := ParseEgressMode(string(o.Egress)); err != nil {
 		return fmt.Errorf("egress: %w", err)
@@ -280,6 +333,7 @@ func serveLoop(srv *http.Server, ln net.Listener, errc chan<- error) {
 // Close stops the switch and closes every TAP fd. It does not remove
 // devices or forget pods: they are re-attached on the next start.
 func (d *Daemon) Close() error {
+	d.stopOverlay()
 	d.closeForwards()
 	err := errors.Join(d.stopRouting(), d.sw.Close())
 	if d.ln != nil {

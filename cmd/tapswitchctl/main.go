@@ -37,6 +37,8 @@ Commands:
   status                                         pods and free addresses per CIDR
   fdb                                            list learned MAC addresses
   stats                                          per-port counters
+  node                                           this node's entry for a peers file (-o json: as the file has it)
+  peers                                          the overlay's peers and their traffic
 
 Every command takes --socket PATH (default ` + api.DefaultSocket + `)
 and -o table|json. Run "tapswitchctl COMMAND -h" for its flags.
@@ -81,6 +83,8 @@ var commands = []command{
 	{"status", statusCmd},
 	{"fdb", fdbCmd},
 	{"stats", statsCmd},
+	{"node", nodeCmd},
+	{"peers", peersCmd},
 }
 
 func run(args []string, stdout io.Writer) error {

@@ -40,7 +40,7 @@ func run(args []string) error {
 		reserve   = fs.String("reserve", "", "pod `addresses` never given to pods, comma-separated: 10.244.0.10, 10.244.0.16/28, 10.244.0.20-10.244.0.29")
 		stateDir  = fs.String("state-dir", daemon.DefaultStateDir, "`dir`ectory of the daemon's state")
 		socket    = fs.String("socket", api.DefaultSocket, "`path` of the API's unix socket")
-		mtu       = fs.Int("mtu", daemon.DefaultMTU, "MTU of the pod interfaces")
+		mtu       = fs.Int("mtu", 0, "MTU of the pod interfaces (default 1500; with --peers the underlay's less VXLAN's 50 bytes, 70 over IPv6)")
 		noOffload = fs.Bool("no-offloads", false, "turn TSO and checksum offload off on new pod TAPs (the pods' kernels segment instead)")
 		queues    = fs.Int("queues", 0, "receive queues per pod TAP (default: CPUs, at most 4)")
 		metrics   = fs.String("metrics-addr", "", "TCP `address` to serve Prometheus metrics on, e.g. 127.0.0.1:9650 (off when empty; /metrics is always on the socket)")
@@ -50,6 +50,11 @@ func run(args []string) error {
 		egress    = fs.String("egress", string(daemon.EgressRoute), "how pods' traffic leaves the pod network: `route` (routed to this node's kernel with the pods' own addresses; forwarding on, an nftables table of the daemon's) or proxy (the gateway ends it and re-originates it from the daemon's sockets)")
 		cluster   = fs.String("cluster-cidr", "", "`cidrs` of the whole cluster's pod network, comma-separated; route mode masquerades pods' traffic to outside them (default: the pod CIDRs)")
 		keepRules = fs.Bool("keep-rules", false, "route mode: leave the nftables table in place when the daemon stops")
+		peers     = fs.String("peers", "", "peers `file` of the overlay: a JSON array of {name, address, vtep_mac, pod_cidrs}, re-read when it changes (tapswitchctl node -o json prints this node's entry); empty: no overlay")
+		nodeName  = fs.String("node-name", "", "this node's `name` in the peers file (default: the host name)")
+		under     = fs.String("underlay", "", "`address or interface` VXLAN runs over (default: the default route's interface)")
+		vxlanPort = fs.Int("vxlan-port", daemon.DefaultVXLANPort, "UDP `port` of VXLAN (flannel's 8472; 4789 is IANA's)")
+		vni       = fs.Uint("vni", daemon.DefaultVNI, "VXLAN network identifier (flannel's 1)")
 		dialTO    = fs.Duration("dial-timeout", 30*time.Second, "proxy mode: how long an egress TCP connect from the node may take")
 		udpIdle   = fs.Duration("udp-idle-timeout", 30*time.Second, "proxy mode: how long an egress UDP flow lives without a datagram")
 		aging     = fs.Duration("fdb-aging", 300*time.Second, "how long a learned MAC lives without traffic")
@@ -78,6 +83,11 @@ func run(args []string) error {
 		MetricsAddr:    *metrics,
 		NoOffloads:     *noOffload,
 		KeepRules:      *keepRules,
+		Peers:          *peers,
+		NodeName:       *nodeName,
+		Underlay:       *under,
+		VXLANPort:      *vxlanPort,
+		VNI:            uint32(min(*vni, 1<<24)), // checked below
 		Queues:         *queues,
 		DialTimeout:    *dialTO,
 		UDPIdleTimeout: *udpIdle,
@@ -91,6 +101,9 @@ func run(args []string) error {
 		if opts.PodCIDR6, err = netip.ParsePrefix(*podCIDR6); err != nil {
 			return fmt.Errorf("--pod-cidr6: %w", err)
 		}
+	}
+	if *vni < 1 || *vni >= 1<<24 {
+		return fmt.Errorf("--vni %d: want 1 to %d (24 bits)", *vni, 1<<24-1)
 	}
 	if opts.Egress, err = daemon.ParseEgressMode(*egress); err != nil {
 		return fmt.Errorf("--egress: %w", err)

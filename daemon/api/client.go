@@ -117,6 +117,20 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	return st, err
 }
 
+// Node returns this node's entry for a peers file.
+func (c *Client) Node(ctx context.Context) (Node, error) {
+	var n Node
+	err := c.do(ctx, http.MethodGet, "/v1/node", nil, &n)
+	return n, err
+}
+
+// Peers lists the overlay's peers with their traffic.
+func (c *Client) Peers(ctx context.Context) ([]Peer, error) {
+	var ps []Peer
+	err := c.do(ctx, http.MethodGet, "/v1/peers", nil, &ps)
+	return ps, err
+}
+
 // AddForward makes a port forward.
 func (c *Client) AddForward(ctx context.Context, req ForwardRequest) (Forward, error) {
 	var fw Forward

@@ -125,3 +125,24 @@ type Pool struct {
 type ErrorBody struct {
 	Error string `json:"error"`
 }
+
+// Node is a node of the pod network as a peers file lists it (GET
+// /v1/node gives this node's own entry, tapswitchctl node -o json prints
+// it): a static cluster's peers file is its nodes' entries in an array.
+type Node struct {
+	Name     string         `json:"name"`
+	Address  netip.Addr     `json:"address"`
+	VTEPMAC  vswitch.MAC    `json:"vtep_mac"`
+	PodCIDRs []netip.Prefix `json:"pod_cidrs"`
+}
+
+// Peer is another node with the overlay's traffic to and from it (GET
+// /v1/peers). LastSeen is when its last packet arrived (zero: never).
+type Peer struct {
+	Node
+	TxFrames uint64    `json:"tx_frames"`
+	TxBytes  uint64    `json:"tx_bytes"`
+	RxFrames uint64    `json:"rx_frames"`
+	RxBytes  uint64    `json:"rx_bytes"`
+	LastSeen time.Time `json:"last_seen"`
+}
