@@ -221,6 +221,57 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dnsDropped, dns.Dropped)
 }
 
+// peerCollector exports the overlay's traffic per peer, read at each
+// scrape like switchCollector's. Without an overlay it exports nothing.
+type peerCollector struct {
+	d                                  *Daemon
+	peers, txFrames, txBytes, rxFrames *prometheus.Desc
+	rxBytes, lastSeen                  *prometheus.Desc
+}
+
+func newPeerCollector(d *Daemon) *peerCollector {
+	peer := []string{"peer"}
+	desc := func(name, help string, labels []string) *prometheus.Desc {
+		return prometheus.NewDesc("tapswitch_"+name, help, labels, nil)
+	}
+	return &peerCollector{
+		d:        d,
+		peers:    desc("peers", "Other nodes of the overlay.", nil),
+		txFrames: desc("peer_tx_frames_total", "Frames sent to the peer over VXLAN.", peer),
+		txBytes:  desc("peer_tx_bytes_total", "Bytes of inner frames sent to the peer.", peer),
+		rxFrames: desc("peer_rx_frames_total", "Frames received from the peer over VXLAN.", peer),
+		rxBytes:  desc("peer_rx_bytes_total", "Bytes of inner frames received from the peer.", peer),
+		lastSeen: desc("peer_last_seen_seconds", "Unix time of the last packet from the peer (0: none yet).", peer),
+	}
+}
+
+func (c *peerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.peers, c.txFrames, c.txBytes, c.rxFrames, c.rxBytes, c.lastSeen} {
+		ch <- d
+	}
+}
+
+func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
+	ps, err := c.d.Peers()
+	if err != nil {
+		return // no overlay
+	}
+	ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(len(ps)))
+	for _, p := range ps {
+		for _, m := range []struct {
+			d *prometheus.Desc
+			v uint64
+		}{{c.txFrames, p.TxFrames}, {c.txBytes, p.TxBytes}, {c.rxFrames, p.RxFrames}, {c.rxBytes, p.RxBytes}} {
+			ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.v), p.Name)
+		}
+		seen := 0.0
+		if !p.LastSeen.IsZero() {
+			seen = float64(p.LastSeen.UnixNano()) / 1e9
+		}
+		ch <- prometheus.MustNewConstMetric(c.lastSeen, prometheus.GaugeValue, seen, p.Name)
+	}
+}
+
 // metricsHandler serves the metrics of the switch, the port forwards, the
 // gateway and the address pools, and the Go runtime's.
 func (d *Daemon) metricsHandler() http.Handler {
@@ -229,6 +280,7 @@ func (d *Daemon) metricsHandler() http.Handler {
 		newSwitchCollector(d),
 		newForwardCollector(d),
 		newGatewayCollector(d),
+		newPeerCollector(d),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -93,6 +93,9 @@ func (d *Daemon) startOverlay(under underlay) error {
 	if err != nil {
 		return fmt.Errorf("overlay: %w", err)
 	}
+	// The watcher applied the file's peers; routes an earlier run left
+	// for peers that are gone go now.
+	d.pruneNodeRoutes()
 	d.log.Info("overlay up", "node", o.self.Name, "underlay", under.addr, "ifname", under.ifname,
 		"vtep_mac", o.self.VTEPMAC.String(), "vni", d.opts.VNI, "port", d.opts.VXLANPort)
 	return nil
@@ -211,6 +214,46 @@ func (d *Daemon) nodeRoute(c netip.Prefix, add bool) error {
 // prefixIPNet converts a masked prefix.
 func prefixIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// pruneNodeRoutes deletes the node's routes through tsw0 marked as the
+// daemon's whose destination is no peer's pod CIDR any more: an earlier
+// run's, for peers removed while it was down.
+func (d *Daemon) pruneNodeRoutes() {
+	link, err := netlink.LinkByName(d.opts.HostPort)
+	if err != nil {
+		d.log.Warn("look for stale overlay routes in the node", "err", err)
+		return
+	}
+	d.ovl.mu.Lock()
+	defer d.ovl.mu.Unlock()
+	want := map[netip.Prefix]bool{}
+	for _, n := range d.ovl.peers {
+		for _, c := range n.PodCIDRs {
+			want[c] = true
+		}
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: rtprotTapswitch},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		d.log.Warn("look for stale overlay routes in the node", "err", err)
+		return
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		p, ok := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		if !ok || want[netip.PrefixFrom(p.Unmap(), ones)] {
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil {
+			d.log.Warn("remove a stale overlay route in the node", "dst", r.Dst, "err", err)
+			continue
+		}
+		d.log.Info("stale overlay route removed from the node", "dst", r.Dst)
+	}
 }
 
 // stopOverlay stops watching the peers file. The VXLAN port goes with
