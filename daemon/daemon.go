@@ -69,8 +69,13 @@ type Options struct {
 	// Underlay is the address or interface VXLAN runs over (default: the
 	// default route's), VXLANPort and VNI default to flannel's 8472 and
 	// 1. Without an MTU, pods get the underlay's less VXLAN's overhead.
-	Peers     string
-	NodeName  string
+	Peers string
+	// Kubernetes takes the overlay's peers from the cluster's Node
+	// objects instead (and publishes this node's as flannel does), with
+	// the client of Kubeconfig, or in-cluster config when it is empty.
+	Kubernetes bool
+	Kubeconfig string
+	NodeName   string
 	Underlay  string
 	VXLANPort int
 	VNI       uint32
@@ -142,7 +147,7 @@ const (
 // returns a daemon that is not yet serving.
 func New(opts Options) (*Daemon, error) {
 	var under underlay
-	if opts.Peers != "" {
+	if opts.overlay() {
 		var err error
 		if under, err = resolveUnderlay(opts.Underlay); err != nil {
 			return nil, err
@@ -195,7 +200,7 @@ func New(opts Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	if opts.Peers != "" {
+	if opts.overlay() {
 		if err := d.startOverlay(under); err != nil {
 			d.stopOverlay()
 			if serr := d.stopRouting(); serr != nil {
@@ -207,6 +212,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	return d, nil
 }
+
+// overlay reports whether the overlay runs: a source of peers is given.
+func (o *Options) overlay() bool { return o.Peers != "" || o.Kubernetes }
 
 // setDefaults fills in the defaults of o and checks it.
 func (o *Options) setDefaults() error {
@@ -234,7 +242,10 @@ func (o *Options) setDefaults() error {
 	if o.Egress == "" {
 		o.Egress = EgressRoute
 	}
-	if o.Peers != "" {
+	if o.Peers != "" && o.Kubernetes {
+		return errors.New("peers come from a peers file or from Kubernetes, not both")
+	}
+	if o.overlay() {
 		if o.NodeName == "" {
 			name, err := os.Hostname()
 			if err != nil {

@@ -42,7 +42,8 @@ type overlayState struct {
 	portID vswitch.PortID
 	self   overlay.Node
 	under  underlay
-	watch  *overlay.Watcher
+	watch  *overlay.Watcher // with a peers file
+	kube   *overlay.Kube    // with Kubernetes
 
 	mu    sync.Mutex // guards peers; held while a new set is applied
 	peers []overlay.Node
@@ -84,20 +85,54 @@ func (d *Daemon) startOverlay(under underlay) error {
 	}
 	o.vx = vx
 	d.ovl = o
-	o.watch, err = overlay.NewWatcher(overlay.WatcherOptions{
-		Path: d.opts.Peers, Self: o.self, Apply: d.applyPeers, Logger: d.log,
-		OnError: func(err error) {
-			d.log.Error("peers file not applied; keeping the last good set", "file", d.opts.Peers, "err", err)
+	if err := d.startMembership(); err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	d.log.Info("overlay up", "node", o.self.Name, "underlay", under.addr, "ifname", under.ifname,
+		"vtep_mac", o.self.VTEPMAC.String(), "vni", d.opts.VNI, "port", d.opts.VXLANPort)
+	return nil
+}
+
+// startMembership starts the source of peers: the peers file's watcher,
+// which applies the file's peers before it returns (so routes an earlier
+// run left for peers that are gone are pruned at once), or the
+// Kubernetes informer, which applies them once the first list of Nodes
+// is in and publishes this node's annotations.
+func (d *Daemon) startMembership() error {
+	o := d.ovl
+	if d.opts.Peers != "" {
+		w, err := overlay.NewWatcher(overlay.WatcherOptions{
+			Path: d.opts.Peers, Self: o.self, Apply: d.applyPeers, Logger: d.log,
+			OnError: func(err error) {
+				d.log.Error("peers file not applied; keeping the last good set", "file", d.opts.Peers, "err", err)
+			},
+		})
+		if err != nil {
+			return err
+		}
+		o.watch = w
+		d.pruneNodeRoutes()
+		return nil
+	}
+	client, err := overlay.ClientFromKubeconfig(d.opts.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	first := true
+	k, err := overlay.NewKube(overlay.KubeOptions{
+		Client: client, NodeName: d.opts.NodeName, Self: o.self, VNI: d.opts.VNI, Logger: d.log,
+		Apply: func(nodes []overlay.Node) {
+			d.applyPeers(nodes)
+			if first {
+				first = false
+				d.pruneNodeRoutes()
+			}
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("overlay: %w", err)
+		return err
 	}
-	// The watcher applied the file's peers; routes an earlier run left
-	// for peers that are gone go now.
-	d.pruneNodeRoutes()
-	d.log.Info("overlay up", "node", o.self.Name, "underlay", under.addr, "ifname", under.ifname,
-		"vtep_mac", o.self.VTEPMAC.String(), "vni", d.opts.VNI, "port", d.opts.VXLANPort)
+	o.kube = k
 	return nil
 }
 
@@ -260,15 +295,21 @@ func (d *Daemon) pruneNodeRoutes() {
 // the switch; the node's routes stay with tsw0, like the pods' TAPs, and
 // are put right by the next start.
 func (d *Daemon) stopOverlay() {
-	if d.ovl != nil && d.ovl.watch != nil {
+	if d.ovl == nil {
+		return
+	}
+	if d.ovl.watch != nil {
 		d.ovl.watch.Close()
+	}
+	if d.ovl.kube != nil {
+		d.ovl.kube.Close()
 	}
 }
 
 // Node is this node's entry for a peers file (GET /v1/node).
 func (d *Daemon) Node() (api.Node, error) {
 	if d.ovl == nil {
-		return api.Node{}, fmt.Errorf("%w: no overlay (start the daemon with --peers)", ErrNotFound)
+		return api.Node{}, fmt.Errorf("%w: no overlay (start the daemon with --peers, or in a cluster)", ErrNotFound)
 	}
 	s := d.ovl.self
 	return api.Node{Name: s.Name, Address: s.Address, VTEPMAC: s.VTEPMAC, PodCIDRs: s.PodCIDRs}, nil
@@ -277,7 +318,7 @@ func (d *Daemon) Node() (api.Node, error) {
 // Peers lists the peers with their traffic (GET /v1/peers).
 func (d *Daemon) Peers() ([]api.Peer, error) {
 	if d.ovl == nil {
-		return nil, fmt.Errorf("%w: no overlay (start the daemon with --peers)", ErrNotFound)
+		return nil, fmt.Errorf("%w: no overlay (start the daemon with --peers, or in a cluster)", ErrNotFound)
 	}
 	d.ovl.mu.Lock()
 	nodes := slices.Clone(d.ovl.peers)

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"k8s.io/klog/v2"
 
 	"tapswitch/daemon"
 	"tapswitch/daemon/api"
@@ -51,7 +54,8 @@ func run(args []string) error {
 		cluster   = fs.String("cluster-cidr", "", "`cidrs` of the whole cluster's pod network, comma-separated; route mode masquerades pods' traffic to outside them (default: the pod CIDRs)")
 		keepRules = fs.Bool("keep-rules", false, "route mode: leave the nftables table in place when the daemon stops")
 		peers     = fs.String("peers", "", "peers `file` of the overlay: a JSON array of {name, address, vtep_mac, pod_cidrs}, re-read when it changes (tapswitchctl node -o json prints this node's entry); empty: no overlay")
-		nodeName  = fs.String("node-name", "", "this node's `name` in the peers file (default: the host name)")
+		kubecfg   = fs.String("kubeconfig", "", "kubeconfig `file`: the overlay's peers from the cluster's Node objects (flannel's annotations), this node's published; in a pod the in-cluster config is used without it; --peers wins")
+		nodeName  = fs.String("node-name", "", "this node's `name` in the peers file or its Node object's (default: $NODE_NAME, else the host name)")
 		under     = fs.String("underlay", "", "`address or interface` VXLAN runs over (default: the default route's interface)")
 		vxlanPort = fs.Int("vxlan-port", daemon.DefaultVXLANPort, "UDP `port` of VXLAN (flannel's 8472; 4789 is IANA's)")
 		vni       = fs.Uint("vni", daemon.DefaultVNI, "VXLAN network identifier (flannel's 1)")
@@ -76,6 +80,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	// client-go (the overlay's Kubernetes membership) logs through klog.
+	klog.SetSlogLogger(log.With("part", "client-go"))
 	opts := daemon.Options{
 		StateDir:       *stateDir,
 		Socket:         *socket,
@@ -84,7 +90,9 @@ func run(args []string) error {
 		NoOffloads:     *noOffload,
 		KeepRules:      *keepRules,
 		Peers:          *peers,
-		NodeName:       *nodeName,
+		Kubernetes:     *peers == "" && (*kubecfg != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != ""),
+		Kubeconfig:     *kubecfg,
+		NodeName:       cmp.Or(*nodeName, os.Getenv("NODE_NAME")),
 		Underlay:       *under,
 		VXLANPort:      *vxlanPort,
 		VNI:            uint32(min(*vni, 1<<24)), // checked below
