@@ -267,6 +267,7 @@ func (r *reader) accept(i int, t *vtepTable, now int64) {
 	}
 	f.SetLen(len(pkt) - hdrLen)
 	vswitch.Ether(f.Bytes()).SetDst(p.routerMAC)
+	finishChecksum(f.Bytes()) // see checksum.go
 	v.c.rxFrames.Add(1)
 	v.c.rxBytes.Add(uint64(f.Len()))
 	v.c.lastSeen.Store(now)
