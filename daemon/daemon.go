@@ -76,9 +76,9 @@ type Options struct {
 	Kubernetes bool
 	Kubeconfig string
 	NodeName   string
-	Underlay  string
-	VXLANPort int
-	VNI       uint32
+	Underlay   string
+	VXLANPort  int
+	VNI        uint32
 	// RulesTable names that table (default "tapswitch"), RulesCheck how
 	// often it is checked for changes (default 10s).
 	RulesTable string
