@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os/exec"
 	"slices"
 	"time"
@@ -44,6 +45,21 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	progress(w, "setting up: pod → pod across nodes over VXLAN: two flannel-style kernel nodes, two tapswitchd with --peers and a flannel-style node among them (namespaces %sx-*)", nsPrefix())
+	xn, err := setupXnode(ctx, cl, opts)
+	if err != nil {
+		return err
+	}
+	mixed := &variant{name: mixedVariant}
+	xpairs := []struct {
+		v    *variant
+		pair xnodePair
+	}{{kernel, xn.kernel}, {tsw, xn.tapswitch}, {mixed, xn.mixed}}
+	for _, x := range xpairs {
+		if err := waitPing(ctx, x.v.name+" across nodes", x.pair.client, x.pair.server); err != nil {
+			return err
+		}
+	}
 	variants := []*variant{kernel, tsw, proxy}
 	for _, v := range variants {
 		if !v.outsideOnly {
@@ -59,6 +75,7 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	maps.Copy(e.Offloads, xn.offloads)
 	printEnv(w, e, append(slices.Clone(tsw.attached), proxy.attached...))
 
 	start := time.Now()
@@ -73,6 +90,12 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 				return fmt.Errorf("round %d, %s: %w", r+1, v.name, err)
 			}
 		}
+		for j := range xpairs {
+			x := xpairs[(r+j)%len(xpairs)]
+			if err := measureXnode(ctx, w, x.v, x.pair, opts); err != nil {
+				return fmt.Errorf("round %d, %s across nodes: %w", r+1, x.v.name, err)
+			}
+		}
 	}
 	progress(w, "measured in %s", time.Since(start).Round(time.Second))
 
@@ -85,6 +108,7 @@ func runBench(ctx context.Context, opts options, w io.Writer) (err error) {
 	}
 
 	res := newResults(kernel, tsw, proxy, e, opts, cni)
+	addMixed(&res, mixed)
 	printTable(w, res)
 	if err := writeJSON(opts.out, res); err != nil {
 		return err

@@ -53,6 +53,7 @@ func TestShortBench(t *testing.T) {
 	}
 	common := []string{"tcp1_gbps", "tcp4_gbps", "udp64_kpps", "rtt_us", "rr_us", "cpu_s_per_gb",
 		"egress_tcp_gbps", "egress_cpu_s_per_gb", "egress_rr_us", "node_tcp_gbps",
+		"xnode_tcp1_gbps", "xnode_tcp4_gbps", "xnode_rr_us",
 		"cni_add_p50_ms", "cni_add_p99_ms", "cni_add_max_ms", "cni_del_p50_ms", "cni_del_p99_ms", "cni_del_max_ms"}
 	for _, name := range []string{"kernel", "tapswitch"} {
 		v, ok := res.Variants[name]
@@ -73,6 +74,17 @@ func TestShortBench(t *testing.T) {
 		proxyRatios = append(proxyRatios, proxyRatioPrefix+key)
 	}
 	checkPositive(t, "ratios", res.Ratios, proxyRatios...)
+	// The tapswitch ↔ flannel-style pair takes only the figures across
+	// nodes.
+	if _, ok := res.Variants[mixedVariant]; !ok {
+		t.Errorf("variants.%s missing", mixedVariant)
+	}
+	checkPositive(t, "variants."+mixedVariant, res.Variants[mixedVariant], xnodeFigures...)
+	var mixedRatios []string
+	for _, key := range xnodeFigures {
+		mixedRatios = append(mixedRatios, mixedRatioPrefix+key)
+	}
+	checkPositive(t, "ratios", res.Ratios, mixedRatios...)
 	for _, key := range []string{"kernel", "cpus", "mtu", "offloads", "rounds", "duration", "date"} {
 		if res.Meta[key] == nil || res.Meta[key] == "" {
 			t.Errorf("meta.%s = %v, want it set", key, res.Meta[key])

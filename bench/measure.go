@@ -33,6 +33,10 @@ var figures = []figure{
 	{"egress_cpu_s_per_gb", "machine CPU, pod → world, s/GB", "%.2f", true},
 	{"egress_rr_us", "UDP req/resp pod → world p50, µs", "%.1f", true},
 	{"node_tcp_gbps", "TCP pod → node, Gbit/s", "%.2f", false},
+	// Pod → pod across two nodes over VXLAN (xnode_linux.go).
+	{"xnode_tcp1_gbps", "xnode TCP 1 stream, Gbit/s", "%.2f", false},
+	{"xnode_tcp4_gbps", "xnode TCP 4 streams, Gbit/s", "%.2f", false},
+	{"xnode_rr_us", "xnode UDP req/resp p50, µs", "%.1f", true},
 	// The CNI figures are of -cni-pods calls, not medians of rounds.
 	{"cni_add_p50_ms", "CNI ADD p50, ms", "%.1f", true},
 	{"cni_add_p99_ms", "CNI ADD p99, ms", "%.1f", true},

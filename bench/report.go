@@ -43,11 +43,13 @@ type targetResult struct {
 }
 
 // targets are route mode's goals (the routed gateway's issue): the way
-// out of the pod network nearly as fast as the kernel's.
+// out of the pod network nearly as fast as the kernel's; and the
+// overlay's (issue 12): pod → pod across nodes against flannel's.
 var targets = []target{
 	{Figure: "egress_tcp_gbps", Bound: 0.9, What: "TCP pod → world at least 0.9× the kernel"},
 	{Figure: "node_tcp_gbps", Bound: 0.9, What: "TCP pod → node at least 0.9× the kernel"},
 	{Figure: "egress_rr_us", Bound: 2, AtMost: true, What: "UDP request/response pod → world p50 at most 2× the kernel"},
+	{Figure: "xnode_tcp1_gbps", Bound: 0.7, What: "TCP across nodes, 1 stream, at least 0.7× flannel-style"},
 }
 
 type resultsMeta struct {
@@ -87,6 +89,8 @@ var resultNotes = []string{
 	"egress_*: a pod to a server in a world namespace behind a veth from the node namespace, which has no route back to the pods; kernel: another node namespace with a bridge holding the pods' gateway address, ip_forward and iptables MASQUERADE out of the world veth (all inside that namespace); tapswitch (route mode): tapswitchd runs in its node namespace, its switch routes the pod's packets with the pod's own address through the host port tsw0 into the node's kernel, which forwards them and masquerades them by the daemon's nftables table inet tapswitch (the daemon sets forwarding and the table inside that namespace); tapswitch-proxy: its gateway ends the pod's TCP and UDP and a node socket carries them on, the node forwards nothing",
 	"egress_tcp_gbps and node_tcp_gbps: iperf3, 1 stream; egress_cpu_s_per_gb: the machine's busy CPU during the egress TCP test per GB received; egress_rr_us: 32-byte UDP request and echo pod → world, one at a time, p50",
 	"node_tcp_gbps: a pod to a server in the node namespace on the node's address in the pod network: kernel, the bridge's address (br0); tapswitch and tapswitch-proxy, the host port tsw0, the last usable address of the pod cidr",
+	"xnode_*: pod → pod across two simulated nodes (namespaces) over VXLAN as flannel's vxlan backend carries it (VNI 1, UDP 8472), each node with an underlay veth ul0 to a bridge (198.19.20.0/24), pod MTU 1450 (1500 less VXLAN's 50); kernel: two flannel-style nodes (kernel VXLAN flannel.1, bridge cni0, veth pods, neighbour, FDB entry and onlink route per peer, as flanneld programs them), veth offloads at their defaults; tapswitch: two tapswitchd with --peers (the nodes' tapswitchctl node -o json entries), --node-name, --underlay, --cluster-cidr, a pod each; xnode_tcp1_gbps and xnode_tcp4_gbps: iperf3 with 1 and 4 streams, xnode_rr_us: 32-byte UDP request and echo, one at a time, p50",
+	"tapswitch-flannel (mixed_* ratios, mixed/kernel pair): a flannel-style node's pod (client) → a tapswitch node's pod; the flannel-style node's underlay veth has ethtool -K ul0 tx off (checksums summed in software, as a NIC's arrive): with a veth's offloads on, flannel.1 sends VXLAN GSO packets larger than a frame, which tapswitch's VXLAN port cannot take yet (rx_too_big); the kernel pair keeps the defaults, see meta.offloads",
 	"cni_*_ms: CNI ADD and DEL latency, p50, p99 and max of meta.cni.pods calls, not medians of rounds: after the rounds, that many pods per variant, each a fresh netns made beforehand, attached one after another with libcni AddNetworkList and then deleted one after another with DelNetworkList (conflist cniVersion 1.0.0, one plugin); each time is one plugin process from start to exit, started inside the variant's node namespace (no ip netns exec in between); kernel: the reference bridge plugin (isGateway, no ipMasq) with host-local IPAM, versions in meta.cni.plugins; tapswitch: bin/tapswitch asking the bench's tapswitchd",
 }
 
@@ -145,6 +149,41 @@ func newResults(kernel, tsw, proxy *variant, e env, opts options, cni cniRun) re
 	return res
 }
 
+// addMixed adds the tapswitch-flannel variant's medians and samples to
+// res, and its ratios to the kernel pair under mixedRatioPrefix+key.
+func addMixed(res *results, mixed *variant) {
+	m := mixed.medians()
+	res.Variants[mixed.name] = m
+	res.Meta.Samples[mixed.name] = mixed.samples
+	k := res.Variants["kernel"]
+	for _, key := range xnodeFigures {
+		if kv, mv := k[key], m[key]; kv > 0 && mv > 0 {
+			res.Ratios[mixedRatioPrefix+key] = mv / kv
+		}
+		if slices.Contains(res.Meta.LowerIsBetter, key) {
+			res.Meta.LowerIsBetter = append(res.Meta.LowerIsBetter, mixedRatioPrefix+key)
+		}
+	}
+}
+
+// printMixed prints the tapswitch-flannel variant's rows, when res has
+// it: its value and the ratio to the kernel pair.
+func printMixed(w io.Writer, res results) {
+	m := res.Variants[mixedVariant]
+	if m == nil {
+		return
+	}
+	fmt.Fprintf(w, "\n%-32s %10s %17s %13s\n", "xnode, mixed pair", "kernel", mixedVariant, "mixed/kernel")
+	for _, f := range figures {
+		if !slices.Contains(xnodeFigures, f.key) {
+			continue
+		}
+		fmt.Fprintf(w, "%-32s %10s %17s %13s\n", f.label, fmt.Sprintf(f.format, res.Variants["kernel"][f.key]),
+			fmt.Sprintf(f.format, m[f.key]), fmt.Sprintf("%.2f", res.Ratios[mixedRatioPrefix+f.key]))
+	}
+	fmt.Fprintln(w, mixedVariant+": a flannel-style node's pod → a tapswitch node's pod; that node's underlay veth has ethtool -K ul0 tx off (tapswitch's VXLAN port cannot take VXLAN GSO packets yet)")
+}
+
 // printEnv prints what the numbers depend on, before the rounds start.
 func printEnv(w io.Writer, e env, pods []attachedPod) {
 	fmt.Fprintf(w, "\nkernel %s, %d CPUs (%s), MTU %d, %s\n", e.Kernel, e.CPUs, e.CPUModel, e.MTU, e.Iperf3)
@@ -183,7 +222,9 @@ func printTable(w io.Writer, res results) {
 	fmt.Fprintln(w, "pod → world: kernel: routing + iptables MASQUERADE in a node namespace; tapswitch (--egress route): the switch routes to tsw0, the node forwards and masquerades by the daemon's nftables table;")
 	fmt.Fprintln(w, "  proxy (tapswitch-proxy, --egress proxy): tapswitchd's netstack gateway ends the pod's connection and a node socket carries it on")
 	fmt.Fprintln(w, "pod → node: the bridge's address against the host port tsw0 (both tapswitch modes)")
+	fmt.Fprintln(w, "xnode, pod → pod across nodes: VXLAN (flannel's wire) between node namespaces on an underlay bridge; kernel: two flannel-style nodes (flannel.1 + cni0); tapswitch: two tapswitchd with --peers")
 	fmt.Fprintln(w, "CNI: each pod a fresh netns, ADDs one after another then DELs, one plugin process each, run in the node namespace; kernel: bridge + host-local, tapswitch: bin/tapswitch")
+	printMixed(w, res)
 	if len(res.Targets) > 0 {
 		fmt.Fprintln(w, "\ntargets (ratios of this run, on this machine):")
 	}
