@@ -82,6 +82,10 @@ func setupSocket(fd int, local netip.AddrPort) error {
 			unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[1], socketBufSize) // best effort
 		}
 	}
+	// Take GRO batches of datagrams whole (gro_linux.go). Kernels
+	// before 5.0 lack UDP_GRO and deliver datagrams one by one: best
+	// effort.
+	unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1)
 	if err := unix.Bind(fd, sa); err != nil {
 		return fmt.Errorf("bind udp %v: %w", local, err)
 	}
@@ -145,6 +149,12 @@ func recvmmsg(fd uintptr, msgs []unix.Mmsghdr) (int, unix.Errno) {
 
 // reader is the state of the one ReadBatch in progress. It lives in the
 // port, and read is bound once, so a ReadBatch does not allocate.
+//
+// Each message of a recvmmsg has two buffers: a pool frame, where an
+// ordinary datagram lands, and behind it a region of over, where the rest
+// of a GRO batch lands (gro_linux.go). Messages received but not yet
+// handed over, because a GRO batch filled the caller's frames, wait in
+// msgs[next:got] for the next ReadBatch.
 type reader struct {
 	p    *VXLAN
 	read func(fd uintptr) bool // r.readFrames
@@ -154,28 +164,40 @@ type reader struct {
 	err    error            // receive error, other than EAGAIN
 
 	msgs  [maxBatch]unix.Mmsghdr
-	iovs  [maxBatch]unix.Iovec
+	iovs  [maxBatch][2]unix.Iovec // the frame, then the message's region of over
 	names [maxBatch]unix.RawSockaddrInet6
-	spare [maxBatch]*vswitch.Frame // pool frames not yet filled, kept for the next read
+	ctrl  [maxBatch][groCtrlWords]uint64 // control messages, 8-byte aligned as cmsghdr wants
+	spare [maxBatch]*vswitch.Frame       // pool frames not yet filled, kept for the next read
+	over  []byte                         // maxBatch regions of groOverflow bytes
+
+	got   int            // messages the last recvmmsg returned
+	next  int            // first of them not yet handed over or dropped
+	off   int            // bytes of GRO batch msgs[next] already split off
+	piece *vswitch.Frame // a pool frame for the next GRO piece, kept if it was dropped
 }
 
 func (r *reader) init(p *VXLAN) {
 	r.p = p
 	r.read = r.readFrames
+	r.over = make([]byte, maxBatch*groOverflow)
 	for i := range r.msgs {
 		h := &r.msgs[i].Hdr
 		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
-		h.Iov = &r.iovs[i]
-		h.SetIovlen(1)
+		h.Iov = &r.iovs[i][0]
+		h.SetIovlen(2)
+		h.Control = (*byte)(unsafe.Pointer(&r.ctrl[i]))
+		r.iovs[i][1].Base = &r.over[i*groOverflow]
+		r.iovs[i][1].SetLen(groOverflow)
 	}
 }
 
 // ReadBatch waits until a datagram arrives, then receives up to
 // len(frames) datagrams that are ready and returns the inner frames of
 // those it accepts, in frames from the port's pool, each addressed to the
-// router's MAC; ownership of frames[:n] passes to the caller. Others are
-// dropped and counted. q must be 0. After Close it returns an error
-// wrapping vswitch.ErrClosed.
+// router's MAC; ownership of frames[:n] passes to the caller. A GRO batch
+// of datagrams counts as its datagrams; those that do not fit wait for the
+// next call. Others are dropped and counted. q must be 0. After Close it
+// returns an error wrapping vswitch.ErrClosed.
 func (p *VXLAN) ReadBatch(q int, frames []*vswitch.Frame) (int, error) {
 	if q != 0 {
 		return 0, fmt.Errorf("overlay: read %s: no queue %d", p.name, q)
@@ -200,21 +222,28 @@ func (p *VXLAN) ReadBatch(q int, frames []*vswitch.Frame) (int, error) {
 	return 0, fmt.Errorf("overlay: read %s: %w", p.name, err)
 }
 
-// readFrames is the RawConn.Read callback: it receives datagrams until the
-// batch is full or the socket has no more. It returns false, so the
-// netpoller waits, only while nothing was accepted yet.
+// readFrames is the RawConn.Read callback: it hands over the messages left
+// from the last call, then receives datagrams until the batch is full or
+// the socket has no more. It returns false, so the netpoller waits, only
+// while nothing was accepted yet.
 func (r *reader) readFrames(fd uintptr) bool {
 	for r.n < len(r.frames) {
+		if r.next < r.got {
+			r.drain()
+			continue
+		}
 		want := min(len(r.frames)-r.n, maxBatch)
 		for i := range want {
 			if r.spare[i] == nil {
 				r.spare[i] = r.p.pool.Get()
 			}
 			buf := r.spare[i].ReadBuf(hdrLen) // the inner frame lands at the frame's start
-			r.iovs[i].Base = &buf[0]
-			r.iovs[i].SetLen(len(buf))
-			r.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
-			r.msgs[i].Hdr.Flags = 0
+			r.iovs[i][0].Base = &buf[0]
+			r.iovs[i][0].SetLen(len(buf))
+			h := &r.msgs[i].Hdr
+			h.Namelen = unix.SizeofSockaddrInet6
+			h.SetControllen(groCtrlWords * 8)
+			h.Flags = 0
 			r.msgs[i].Len = 0
 		}
 		got, errno := recvmmsg(fd, r.msgs[:want])
@@ -231,11 +260,8 @@ func (r *reader) readFrames(fd uintptr) bool {
 		if got <= 0 {
 			return r.n > 0 // recvmmsg returns -1 (EAGAIN) rather than 0
 		}
-		t := r.p.vteps.Load()
-		now := time.Now().UnixNano()
-		for i := range got {
-			r.accept(i, t, now)
-		}
+		r.got, r.next, r.off = got, 0, 0
+		r.drain()
 		if got < want && r.n > 0 {
 			return true // the socket is drained
 		}
@@ -243,37 +269,61 @@ func (r *reader) readFrames(fd uintptr) bool {
 	return true
 }
 
-// accept checks datagram i of the last recvmmsg and either moves its
-// frame into the caller's batch or counts the drop and keeps the buffer.
-func (r *reader) accept(i int, t *vtepTable, now int64) {
+// drain hands over or drops the messages in msgs[next:got] while the
+// caller's batch has room.
+func (r *reader) drain() {
+	t := r.p.vteps.Load()
+	now := time.Now().UnixNano()
+	for r.next < r.got && r.n < len(r.frames) {
+		if r.accept(r.next, t, now) {
+			r.next++
+			r.off = 0
+		}
+	}
+}
+
+// accept checks message i of the last recvmmsg and either moves its frame
+// into the caller's batch or counts the drop and keeps the buffer. A GRO
+// batch goes to acceptGRO. It reports whether it is done with the message.
+func (r *reader) accept(i int, t *vtepTable, now int64) bool {
 	p, m := r.p, &r.msgs[i]
 	var v *vtep
 	if a, ok := addrOf(&r.names[i], m.Hdr.Namelen); ok {
 		v = t.byAddr[a]
 	}
+	if seg := groSize(r.ctrl[i][:], int(m.Hdr.Controllen)); seg > 0 && seg < int(m.Len) {
+		return r.acceptGRO(i, v, seg, now)
+	}
 	f := r.spare[i]
-	pkt := f.ReadBuf(hdrLen)[:m.Len]
+	buf := f.ReadBuf(hdrLen)
 	reason := rxUnknownSource
 	switch {
 	case v == nil:
-	case m.Hdr.Flags&unix.MSG_TRUNC != 0:
+	case m.Hdr.Flags&unix.MSG_TRUNC != 0 || int(m.Len) > len(buf):
 		reason = rxTooBig
 	default:
-		reason = checkPacket(pkt, p.vni, p.vtepMAC, p.caps.MaxFrame)
+		reason = checkPacket(buf[:m.Len], p.vni, p.vtepMAC, p.caps.MaxFrame)
 	}
 	if reason != accepted {
 		p.drop(reason, 1)
-		return
+		return true
 	}
-	f.SetLen(len(pkt) - hdrLen)
-	vswitch.Ether(f.Bytes()).SetDst(p.routerMAC)
+	r.handOver(f, int(m.Len), v, now)
+	r.spare[i] = nil
+	return true
+}
+
+// handOver puts f, which holds a checked VXLAN packet of pktLen bytes at
+// ReadBuf(hdrLen), into the caller's batch as its inner frame.
+func (r *reader) handOver(f *vswitch.Frame, pktLen int, v *vtep, now int64) {
+	f.SetLen(pktLen - hdrLen)
+	vswitch.Ether(f.Bytes()).SetDst(r.p.routerMAC)
 	finishChecksum(f.Bytes()) // see checksum.go
 	v.c.rxFrames.Add(1)
 	v.c.rxBytes.Add(uint64(f.Len()))
 	v.c.lastSeen.Store(now)
 	r.frames[r.n] = f
 	r.n++
-	r.spare[i] = nil
 }
 
 // writer is the state of the one WriteBatch in progress, like reader's.
