@@ -58,26 +58,24 @@ func finishChecksum(b []byte) bool {
 	pseudo += uint32(proto) + uint32(len(l4))
 	pseudo = pseudo&0xffff + pseudo>>16
 	partial := uint16(pseudo&0xffff + pseudo>>16)
-	got := binary.BigEndian.Uint16(l4[field:])
-	if got != partial {
+	if binary.BigEndian.Uint16(l4[field:]) != partial {
 		return false
 	}
-	// The sum with the field as it is counts the pseudo-header once more
-	// than the rest: sum over l4 (field included) is the finished sum.
-	sum := ^vswitch.Checksum(l4, 0)
+	// One pass: v is the sum of the pseudo-header, the data and the
+	// field. All ones means the checksum was right already (and only
+	// happened to equal the pseudo-header sum); else taking the field's
+	// value back out leaves pseudo-header and data, whose complement is
+	// the checksum.
+	v := vswitch.Checksum(l4, pseudo)
+	if v == 0xffff {
+		return false
+	}
+	rest := uint32(v) + uint32(^partial)
+	rest = rest&0xffff + rest>>16
+	sum := ^uint16(rest&0xffff + rest>>16)
 	if proto == vswitch.ProtoUDP && sum == 0 {
 		sum = 0xffff // RFC 768
 	}
-	if !sumIsRight(l4, pseudo, field) {
-		binary.BigEndian.PutUint16(l4[field:], sum)
-		return true
-	}
-	return false
-}
-
-// sumIsRight reports whether the checksum already in l4 verifies with the
-// pseudo-header sum pseudo: a packet whose finished checksum happens to
-// equal its pseudo-header sum is left as it is.
-func sumIsRight(l4 []byte, pseudo uint32, field int) bool {
-	return vswitch.Checksum(l4, pseudo) == 0xffff
+	binary.BigEndian.PutUint16(l4[field:], sum)
+	return true
 }
