@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -15,18 +16,11 @@ import (
 // a connection runs from one local pod to another. A node without
 // conntrack support just has none; that is logged, not an error.
 func (d *Daemon) seedHostFlows() {
-	local := func(ip []byte) bool {
+	cidrs := d.cidrs()
+	local := func(ip []byte) (netip.Addr, bool) {
 		a, ok := netip.AddrFromSlice(ip)
-		if !ok {
-			return false
-		}
 		a = a.Unmap()
-		for _, c := range d.cidrs() {
-			if c.Contains(a) {
-				return true
-			}
-		}
-		return false
+		return a, ok && slices.ContainsFunc(cidrs, func(c netip.Prefix) bool { return c.Contains(a) })
 	}
 	n := 0
 	for _, family := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
@@ -42,11 +36,11 @@ func (d *Daemon) seedHostFlows() {
 			default:
 				continue
 			}
-			if !local(r.SrcIP) || !local(r.DstIP) {
+			src, ok1 := local(r.SrcIP)
+			dst, ok2 := local(r.DstIP)
+			if !ok1 || !ok2 {
 				continue
 			}
-			src, _ := netip.AddrFromSlice(r.SrcIP)
-			dst, _ := netip.AddrFromSlice(r.DstIP)
 			d.sw.AddHostFlow(src, dst, r.Protocol, r.SrcPort, r.DstPort)
 			n++
 		}

@@ -79,10 +79,6 @@ type Options struct {
 	Underlay   string
 	VXLANPort  int
 	VNI        uint32
-	// RulesTable names that table (default "tapswitch"), RulesCheck how
-	// often it is checked for changes (default 10s).
-	RulesTable string
-	RulesCheck time.Duration
 	// DialTimeout and UDPIdleTimeout tune egress (see netstack.Options).
 	DialTimeout    time.Duration
 	UDPIdleTimeout time.Duration

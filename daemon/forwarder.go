@@ -52,10 +52,7 @@ type podDialer interface {
 // socket; every connection and flow closes its sockets when ctx ends, so
 // nothing stays blocked.
 type forwarder struct {
-	fw api.Forward // Error is guarded by Daemon.mu; the rest is fixed
-	// nat says the forward is a DNAT in the node's table (route mode):
-	// start and close then do nothing, the daemon syncs the table.
-	nat         bool
+	fw          api.Forward // Error is guarded by Daemon.mu; the rest is fixed
 	dial        podDialer
 	log         *slog.Logger
 	dialTimeout time.Duration
@@ -97,13 +94,12 @@ type udpFlow struct {
 
 // newForwarder returns a forwarder for fw that is not listening yet.
 func (d *Daemon) newForwarder(fw api.Forward) *forwarder {
-	fw.Via = "proxy"
+	fw.Via = api.ViaProxy
 	if d.opts.Egress == EgressRoute {
-		fw.Via = "dnat"
+		fw.Via = api.ViaDNAT
 	}
 	f := &forwarder{
 		fw:          fw,
-		nat:         d.opts.Egress == EgressRoute,
 		dial:        d.gw,
 		log:         d.log.With("forward", keyOf(fw).String(), "pod", fw.Pod),
 		dialTimeout: d.opts.DialTimeout,
@@ -127,10 +123,10 @@ func (d *Daemon) newForwarder(fw api.Forward) *forwarder {
 // [::]:80 is IPv6 only (IPV6_V6ONLY) and may coexist with 0.0.0.0:80 with
 // another pod behind it. A port in use is ErrConflict, an address the host
 // does not have ErrInvalid. On failure nothing is open. A DNAT forward
-// (nat) opens nothing.
+// (route mode) opens nothing.
 func (f *forwarder) start() error {
-	if f.nat {
-		return nil
+	if f.fw.Via == api.ViaDNAT {
+		return nil // a rule in the node's table, which the daemon syncs
 	}
 	network := f.fw.Proto + "4"
 	if f.fw.Listen.Addr().Is6() {

@@ -27,8 +27,8 @@ import (
 
 // Defaults of the overlay's flags (DESIGN.md: flannel's).
 const (
-	DefaultVXLANPort = 8472
-	DefaultVNI       = 1
+	DefaultVXLANPort = overlay.DefaultPort
+	DefaultVNI       = overlay.DefaultVNI
 )
 
 // rtprotTapswitch marks the node's routes the daemon owns (rtm_protocol,

@@ -44,9 +44,9 @@ func ParseEgressMode(s string) (EgressMode, error) {
 	return "", fmt.Errorf("%q: want route or proxy", s)
 }
 
-// defaultRulesCheck is how often route mode checks that its nftables
+// rulesCheck is how often route mode checks that its nftables
 // table is as it wrote it.
-const defaultRulesCheck = 10 * time.Second
+const rulesCheck = 10 * time.Second
 
 // rulesTimeout bounds one run of nft.
 const rulesTimeout = 30 * time.Second
@@ -71,11 +71,8 @@ func CheckClusterCIDRs(pods, cluster []netip.Prefix) error {
 
 // startRouting makes the switch route for the gateway, turns forwarding on
 // and writes the node's rules, with the forwards restore took back. Route
-// mode needs the host port: it is the next hop.
+// mode needs the host port, the next hop (setDefaults checks it is set).
 func (d *Daemon) startRouting() error {
-	if d.hostPortID == 0 {
-		return errors.New("route mode needs the host port (--host-port none goes with --egress proxy)")
-	}
 	changed, err := nodenet.EnableForwarding(d.opts.PodCIDR6.IsValid())
 	if err != nil {
 		return fmt.Errorf("route mode: %w", err)
@@ -88,7 +85,7 @@ func (d *Daemon) startRouting() error {
 	} else {
 		d.log.Info("forwarding was on")
 	}
-	rules, err := nodenet.New(nodenet.Options{Table: d.opts.RulesTable, Logger: d.log})
+	rules, err := nodenet.New(nodenet.Options{Logger: d.log})
 	if err != nil {
 		return fmt.Errorf("route mode: %w", err)
 	}
@@ -175,7 +172,7 @@ func (d *Daemon) checkRestoredForwardsLocked() {
 // daemon may not touch the firewall, so not being able to look is no
 // error.
 func (d *Daemon) removeLeftoverRules() {
-	rules, err := nodenet.New(nodenet.Options{Table: d.opts.RulesTable, Logger: d.log})
+	rules, err := nodenet.New(nodenet.Options{Logger: d.log})
 	if err != nil {
 		d.log.Debug("no nftables here to look for a route-mode table in", "err", err)
 		return
@@ -213,11 +210,7 @@ func (d *Daemon) syncRulesLocked() error {
 // failed earlier (rulesStale).
 func (d *Daemon) rulesLoop() {
 	defer close(d.rulesDone)
-	every := d.opts.RulesCheck
-	if every <= 0 {
-		every = defaultRulesCheck
-	}
-	tick := time.NewTicker(every)
+	tick := time.NewTicker(rulesCheck)
 	defer tick.Stop()
 	for {
 		select {

@@ -70,11 +70,11 @@ func printForwards(out output, fws []api.Forward) error {
 	for _, f := range fws {
 		status := "listening"
 		switch {
-		case f.Error != "" && f.Via == "dnat":
+		case f.Error != "" && f.Via == api.ViaDNAT:
 			status = "not in the node's table: " + f.Error
 		case f.Error != "":
 			status = "not listening: " + f.Error
-		case f.Via == "dnat":
+		case f.Via == api.ViaDNAT:
 			status = "in the node's nftables table"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Proto, f.Listen, f.Pod, f.Target, f.Via, status)

@@ -49,3 +49,9 @@ type Forward struct {
 	// through the gateway (proxy mode: the pod sees the gateway's).
 	Via string `json:"via,omitempty"`
 }
+
+// The values of Forward.Via.
+const (
+	ViaDNAT  = "dnat"
+	ViaProxy = "proxy"
+)
