@@ -47,7 +47,7 @@ func TestShortBench(t *testing.T) {
 		t.Errorf("targets = %+v, want one verdict for each of %d", res.Targets, len(targets))
 	}
 	for _, tg := range res.Targets {
-		if tg.Ratio <= 0 {
+		if !(tg.Ratio > 0) { // NaN too
 			t.Errorf("target %s: ratio %v, want it positive", tg.Figure, tg.Ratio)
 		}
 	}

@@ -191,9 +191,9 @@ func TestOverlayFlannelNode(t *testing.T) {
 		// The flannel node's veth leaves inner checksums partial
 		// (CHECKSUM_PARTIAL): the VXLAN port finishes them
 		// (overlay/checksum.go), or the pods would drop every segment.
-		t.Skip("with offloads on, the flannel node's veth also passes VXLAN GSO packets unsegmented, " +
-			"which arrive at the VXLAN port's socket larger than a frame (rx_too_big): the port needs " +
-			"UDP GRO (UDP_GRO, splitting by the segment size), issue 12's speed item; remove this skip then")
+		t.Skip("with offloads on, the flannel node's veth also passes VXLAN tunnel GSO packets " +
+			"unsegmented: one datagram larger than a frame, with no UDP_GRO segment size (rx_too_big); " +
+			"the port must take them as super-frames (issue 12's speed item); remove this skip then")
 		testFlannelNode(t, true)
 	})
 }

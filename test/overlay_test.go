@@ -250,6 +250,12 @@ func TestOverlayTwoNodes(t *testing.T) {
 	if err != nil || len(ps) != 1 || ps[0].Name != "node-2" || ps[0].TxFrames == 0 || ps[0].RxFrames == 0 || ps[0].LastSeen.IsZero() {
 		t.Errorf("peers of node 1 = %+v (%v), want node-2 with traffic both ways", ps, err)
 	}
+	body := daemonMetrics(t, d1)
+	for _, series := range []string{`tapswitch_peer_tx_frames_total{peer="node-2"}`, `tapswitch_peer_rx_frames_total{peer="node-2"}`} {
+		if v := metric(t, body, series); v == 0 {
+			t.Errorf("%s = 0, want the transfers counted", series)
+		}
+	}
 }
 
 // mustPingOne pings dst from src's namespace with one echo request at a
@@ -475,11 +481,7 @@ func TestOverlayPeersChange(t *testing.T) {
 	waitPeers(t, d2, "node-1")
 
 	ln := nsListen(t, p2.ns, "tcp", ":0")
-	serveConns(t, ln, func(c net.Conn) error {
-		c.SetDeadline(time.Now().Add(time.Minute))
-		_, err := io.Copy(c, c)
-		return err
-	})
+	serveLongEcho(t, ln, nil)
 	var streams []*liveStream
 	for i := range p1.IPs {
 		c := mustDial(t, nsDialer(p1.ns), netip.AddrPortFrom(p2.IPs[i].Addr(), portOf(ln.Addr())))

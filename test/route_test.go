@@ -375,6 +375,10 @@ func TestRouteTTLExpired(t *testing.T) {
 			}
 		})
 	}
+	// One error from the gateway a family: the metric counts them.
+	if v := metric(t, daemonMetrics(t, d), `tapswitch_icmp_errors_sent_total{type="time_exceeded"}`); v < float64(len(p.IPs)) {
+		t.Errorf("tapswitch_icmp_errors_sent_total{type=\"time_exceeded\"} = %v, want at least %d", v, len(p.IPs))
+	}
 }
 
 // recvErrSocket is a UDP socket in a pod with IP_RECVERR (IPV6_RECVERR)
@@ -905,7 +909,7 @@ func TestRouteRulesLifecycle(t *testing.T) {
 
 // rulesCheck bounds how long the daemon may take to notice that its table
 // changed: it compares the table with what it wrote every 10 s
-// (daemon.defaultRulesCheck), longer than testutil.WaitFor waits.
+// (daemon.rulesCheck), longer than testutil.WaitFor waits.
 const rulesCheck = 30 * time.Second
 
 // waitRulesCheck polls cond until it holds, and fails t naming what it
@@ -992,7 +996,11 @@ func TestRouteModeSwitch(t *testing.T) {
 	if table, ok := nodeTable(t, node); ok {
 		t.Errorf("a daemon in proxy mode left the route-mode table in place:\n%s", table)
 	}
-	for _, fw := range forwardList(t, d) {
+	fws = forwardList(t, d)
+	if len(fws) != 2 {
+		t.Errorf("forwards back in proxy mode = %+v, want both listed", fws)
+	}
+	for _, fw := range fws {
 		if fw.Via != "proxy" || fw.Error != "" {
 			t.Errorf("forward %s back in proxy mode: via %q, error %q; want proxy and no error", fw.Listen, fw.Via, fw.Error)
 		}
